@@ -1,0 +1,274 @@
+//! Binding the listening sockets handoff holds for its whole life.
+//!
+//! Every socket is close-on-exec in handoff (socket2 creates them `SOCK_CLOEXEC`); only the
+//! spawn code places copies at 3.. in a child. No `SO_REUSEPORT`: handoff holds the one
+//! socket, so there is one accept queue that survives every generation, and no stranger can
+//! bind the same port and take part of the traffic.
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use handoff_core::listen::{Host, ListenAddr, ListenSpec, TcpAddr};
+use socket2::{Domain, SockAddr, Socket, Type};
+
+/// A bound, listening socket.
+#[derive(Debug)]
+pub struct Listener {
+    /// What the user asked for.
+    pub spec: ListenSpec,
+    /// The name passed in `LISTEN_FDNAMES`.
+    pub name: String,
+    /// Where it actually listens (the real port when 0 was asked for).
+    pub local: String,
+    /// A unix socket file handoff created, with its identity, to remove at exit.
+    pub unix_file: Option<UnixFile>,
+    /// `tcp`, `udp` or `unix`.
+    pub kind: &'static str,
+    fd: OwnedFd,
+}
+
+/// A socket file handoff created; removed at exit only if it is still the same file.
+#[derive(Debug, Clone)]
+pub struct UnixFile {
+    pub path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl UnixFile {
+    /// Remove the file if it is still the socket handoff created (not a successor's).
+    pub fn remove(&self) {
+        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
+            if m.dev() == self.dev && m.ino() == self.ino {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Why a listener could not be set up. Displays as one line naming the address and cause.
+#[derive(Debug)]
+pub struct BindError {
+    pub addr: String,
+    pub cause: String,
+}
+
+impl fmt::Display for BindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot listen on {}: {}", self.addr, self.cause)
+    }
+}
+
+impl std::error::Error for BindError {}
+
+fn explain(e: &io::Error, port: Option<u16>) -> String {
+    match e.raw_os_error() {
+        Some(libc::EADDRINUSE) => {
+            "address already in use (another process listens there; stop it or choose another port)"
+                .into()
+        }
+        Some(libc::EACCES) if port.is_some_and(|p| p < 1024) => format!(
+            "permission denied (port {} is privileged: run as root or grant CAP_NET_BIND_SERVICE)",
+            port.unwrap_or(0)
+        ),
+        Some(libc::EACCES) => "permission denied".into(),
+        Some(libc::EADDRNOTAVAIL) => {
+            "address not available (no interface on this machine has that address)".into()
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// The largest backlog the kernel accepts (`net.core.somaxconn`).
+pub fn somaxconn() -> i32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096)
+}
+
+/// Bind and listen on `spec`. `backlog` is capped by the caller at somaxconn.
+pub fn bind(spec: &ListenSpec, backlog: i32) -> Result<Listener, BindError> {
+    let shown = spec.addr.to_string();
+    let err = |e: io::Error, port: Option<u16>| BindError {
+        addr: shown.clone(),
+        cause: explain(&e, port),
+    };
+    let name = spec.name.clone().unwrap_or_else(|| "unknown".into());
+    match &spec.addr {
+        ListenAddr::Tcp(a) | ListenAddr::Udp(a) => {
+            let udp = matches!(spec.addr, ListenAddr::Udp(_));
+            let (sock, local) = bind_inet(a, udp, backlog).map_err(|e| err(e, Some(a.port)))?;
+            Ok(Listener {
+                spec: spec.clone(),
+                name,
+                local,
+                unix_file: None,
+                kind: if udp { "udp" } else { "tcp" },
+                fd: sock.into(),
+            })
+        }
+        ListenAddr::Unix(path) => {
+            let (sock, file) = bind_unix(path, backlog).map_err(|e| BindError {
+                addr: shown.clone(),
+                cause: e,
+            })?;
+            Ok(Listener {
+                spec: spec.clone(),
+                name,
+                local: format!("unix:{}", path.display()),
+                unix_file: Some(file),
+                kind: "unix",
+                fd: sock.into(),
+            })
+        }
+    }
+}
+
+fn resolve(a: &TcpAddr) -> io::Result<Vec<(SocketAddr, Option<bool>)>> {
+    // The bool is IPV6_V6ONLY, always set explicitly for IPv6 sockets so the result does not
+    // depend on net.ipv6.bindv6only.
+    Ok(match &a.host {
+        Host::Ip(ip) => vec![(SocketAddr::new(*ip, a.port), ip.is_ipv6().then_some(true))],
+        // ":8080": every interface, both families: a dual-stack [::] socket, or 0.0.0.0 where
+        // the machine has no IPv6.
+        Host::AllInterfaces => vec![
+            (
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), a.port),
+                Some(false),
+            ),
+            (
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), a.port),
+                None,
+            ),
+        ],
+        Host::Name(n) => {
+            let mut v: Vec<_> = (n.as_str(), a.port)
+                .to_socket_addrs()?
+                .map(|s| (s, s.is_ipv6().then_some(true)))
+                .collect();
+            // Prefer IPv4 for names like "localhost", which is what most clients try first.
+            v.sort_by_key(|(s, _)| s.is_ipv6());
+            v.truncate(1);
+            if v.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "name has no address",
+                ));
+            }
+            v
+        }
+    })
+}
+
+fn bind_inet(a: &TcpAddr, udp: bool, backlog: i32) -> io::Result<(Socket, String)> {
+    let candidates = resolve(a)?;
+    let mut last = None;
+    for (addr, v6only) in candidates {
+        let ty = if udp { Type::DGRAM } else { Type::STREAM };
+        let sock = match Socket::new(Domain::for_address(addr), ty, None) {
+            Ok(s) => s,
+            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+                last = Some(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        sock.set_reuse_address(true)?;
+        if let Some(only) = v6only {
+            sock.set_only_v6(only)?;
+        }
+        sock.bind(&addr.into())?;
+        if !udp {
+            sock.listen(backlog)?;
+        }
+        let local = sock
+            .local_addr()?
+            .as_socket()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| addr.to_string());
+        let local = if udp { format!("udp://{local}") } else { local };
+        return Ok((sock, local));
+    }
+    Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT)))
+}
+
+fn bind_unix(path: &Path, backlog: i32) -> Result<(Socket, UnixFile), String> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(
+                "the path exists and is not a socket; remove it or choose another path".into(),
+            )
+        }
+        Ok(_) => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => return Err(
+                    "a server is already listening on this socket; stop it or choose another path"
+                        .into(),
+                ),
+                // Nobody listens: a stale file left by a crash. Replace it.
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                    std::fs::remove_file(path)
+                        .map_err(|e| format!("cannot remove stale socket file: {e}"))?;
+                }
+                Err(e) => return Err(format!("cannot check the existing socket file: {e}")),
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(explain(&e, None)),
+    }
+    let sock = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(|e| e.to_string())?;
+    let addr = SockAddr::unix(path).map_err(|e| e.to_string())?;
+    sock.bind(&addr).map_err(|e| explain(&e, None))?;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    let file = UnixFile {
+        path: path.to_path_buf(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+    if let Err(e) = sock.listen(backlog) {
+        file.remove();
+        return Err(explain(&e, None));
+    }
+    Ok((sock, file))
+}
+
+/// Bind every spec in order; on any failure, undo what was done (remove created socket
+/// files) and return the error: nothing half-started.
+pub fn bind_all(specs: &[ListenSpec], backlog: i32) -> Result<Vec<Listener>, BindError> {
+    let mut out: Vec<Listener> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        match bind(spec, backlog) {
+            Ok(l) => out.push(l),
+            Err(e) => {
+                for l in &out {
+                    if let Some(f) = &l.unix_file {
+                        f.remove();
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `SO_ACCEPTCONN`: whether a stream socket is still listening. A child that calls
+/// `shutdown()` on the shared socket turns it off for every process.
+pub fn is_listening(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let s = socket2::SockRef::from(&fd);
+    if s.r#type()? != Type::STREAM {
+        return Ok(true);
+    }
+    s.is_listener()
+}

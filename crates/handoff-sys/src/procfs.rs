@@ -1,0 +1,80 @@
+//! Small /proc readers, used to attribute notify senders and to find leftovers.
+
+/// The fields of /proc/PID/stat handoff uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    pub ppid: u32,
+    pub pgrp: u32,
+}
+
+/// Parse /proc/PID/stat. The command name may contain spaces and parentheses, so fields are
+/// counted from the last ')'.
+pub fn stat(pid: u32) -> Option<Stat> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&s)
+}
+
+fn parse_stat(s: &str) -> Option<Stat> {
+    let rest = &s[s.rfind(')')? + 1..];
+    let mut it = rest.split_ascii_whitespace();
+    let _state = it.next()?;
+    let ppid = it.next()?.parse().ok()?;
+    let pgrp = it.next()?.parse().ok()?;
+    Some(Stat { ppid, pgrp })
+}
+
+/// Whether `pid` is `ancestor` or one of its descendants, or in the process group
+/// `ancestor` leads.
+pub fn belongs_to(pid: u32, ancestor: u32) -> bool {
+    if pid == ancestor {
+        return true;
+    }
+    let mut cur = pid;
+    for _ in 0..64 {
+        let Some(st) = stat(cur) else { return false };
+        if st.pgrp == ancestor || st.ppid == ancestor {
+            return true;
+        }
+        if st.ppid <= 1 {
+            return false;
+        }
+        cur = st.ppid;
+    }
+    false
+}
+
+/// Every pid in /proc.
+pub fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_odd_command_name() {
+        let s = "1234 (a) b (c)) S 77 1234 1234 0 -1 4194560 0 0";
+        assert_eq!(
+            parse_stat(s),
+            Some(Stat {
+                ppid: 77,
+                pgrp: 1234
+            })
+        );
+    }
+
+    #[test]
+    fn own_process_belongs_to_itself_and_parent() {
+        let me = std::process::id();
+        assert!(belongs_to(me, me));
+        let st = stat(me).expect("own stat");
+        assert!(belongs_to(me, st.ppid));
+        assert!(!belongs_to(me, 999_999_999));
+    }
+}

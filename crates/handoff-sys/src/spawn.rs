@@ -1,0 +1,321 @@
+//! Starting a child: socket-activation fds at 3.., its own `LISTEN_PID`, a clean signal state.
+//!
+//! `LISTEN_PID` must be the child's own pid, which exists only after `fork`, and handoff is
+//! multi-threaded (tokio), so between `fork` and `exec` only async-signal-safe calls on memory
+//! prepared beforehand are allowed: no allocation, no locks, no logging, no formatting.
+//!
+//! [`SpawnPlan::prepare`] builds everything in the parent: the program path, `argv`, and an
+//! `envp` with a preallocated `LISTEN_PID=` slot. The post-fork code ([`child_exec`], run as
+//! std's `pre_exec` hook) then does, in this order (systemd's `safe_fork_full` order):
+//! 1. reset every signal disposition to `SIG_DFL`, so that a signal arriving now cannot run a
+//!    copy of handoff's handlers and be swallowed;
+//! 2. ask for SIGTERM if handoff dies (`PR_SET_PDEATHSIG`), then check the parent did not
+//!    already die;
+//! 3. `dup2` the listeners to 3.. and mark every other fd above them close-on-exec;
+//! 4. write the pid digits into the `LISTEN_PID=` slot;
+//! 5. unblock all signals (the parent blocks them around `fork`, see [`spawn`]);
+//! 6. `execve` it. On failure the errno goes back to the parent through std's CLOEXEC pipe and
+//!    `spawn` returns it as an `io::Error`.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Room for `LISTEN_PID=` plus the largest pid (pid_max ≤ 2^22, but leave room for u64).
+const PID_SLOT: usize = "LISTEN_PID=".len() + 21;
+
+/// Variables a child must never inherit from handoff's own environment: they describe
+/// handoff's sockets and service manager, not the child's (see the protocol notes in README).
+pub const SCRUBBED_ENV: &[&str] = &[
+    "LISTEN_PID",
+    "LISTEN_PIDFDID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "LISTEN_FDS_FIRST_FD",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_PID",
+    "WATCHDOG_USEC",
+    "FDSTORE",
+    "MEMORY_PRESSURE_WATCH",
+    "MEMORY_PRESSURE_WRITE",
+    "SERVER_STARTER_PORT",
+    "SERVER_STARTER_GENERATION",
+    "HANDOFF_GENERATION",
+];
+
+/// Find `program` the way a shell would (`PATH` unless it contains a `/`), and check that it
+/// is an executable file, so that "not found" is a clear error before anything starts.
+pub fn resolve_program(program: &OsStr) -> Result<PathBuf, String> {
+    let shown = Path::new(program).display().to_string();
+    let check = |p: &Path| -> Result<(), String> {
+        let meta = std::fs::metadata(p).map_err(|e| format!("cannot run {shown}: {e}"))?;
+        if meta.is_dir() {
+            return Err(format!("cannot run {shown}: it is a directory"));
+        }
+        let c = CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| format!("cannot run {shown}: path contains a NUL byte"))?;
+        // SAFETY: c is a valid NUL-terminated string.
+        if unsafe { libc::access(c.as_ptr(), libc::X_OK) } != 0 {
+            return Err(format!(
+                "cannot run {shown}: not executable ({})",
+                io::Error::last_os_error()
+            ));
+        }
+        Ok(())
+    };
+    if program.as_bytes().contains(&b'/') {
+        let p = Path::new(program);
+        check(p)?;
+        let abs = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map_err(|e| format!("cannot run {shown}: {e}"))?
+                .join(p)
+        };
+        return Ok(abs);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    for dir in std::env::split_paths(&path) {
+        let cand = dir.join(program);
+        if cand.is_file() && check(&cand).is_ok() {
+            return Ok(cand);
+        }
+    }
+    Err(format!(
+        "command not found: {shown} (not in PATH; give a path such as ./{shown})"
+    ))
+}
+
+/// Everything the post-fork code needs, allocated in the parent.
+///
+/// The raw pointers point into the `CString` heap buffers owned by the same struct, which
+/// do not move when the struct does.
+pub struct SpawnPlan {
+    program: CString,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    _env: Vec<CString>,
+    envp: Vec<*const libc::c_char>,
+    /// `LISTEN_PID=` followed by NULs; the child writes its digits after the `=`.
+    pid_slot: Box<[u8; PID_SLOT]>,
+    /// Listener copies, all at fds ≥ 3 + n so that no `dup2` clobbers another source.
+    sources: Vec<OwnedFd>,
+    source_fds: Vec<RawFd>,
+    parent_pid: libc::pid_t,
+}
+
+// SAFETY: the raw pointers only point into buffers owned by the plan itself; nothing is shared.
+unsafe impl Send for SpawnPlan {}
+// SAFETY: as above; the plan is never mutated through a shared reference except in the child,
+// which has its own copy of memory.
+unsafe impl Sync for SpawnPlan {}
+
+impl SpawnPlan {
+    /// Prepare a spawn of `program argv[1..]` with `env` (already scrubbed, without
+    /// `LISTEN_PID`) and `listeners` to be placed at fds 3, 4, ...
+    pub fn prepare(
+        program: &Path,
+        argv: &[OsString],
+        env: &[(OsString, OsString)],
+        listeners: &[BorrowedFd<'_>],
+    ) -> io::Result<Self> {
+        let cstr = |b: &[u8]| {
+            CString::new(b).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte"))
+        };
+        let program = cstr(program.as_os_str().as_bytes())?;
+        let argv: Vec<CString> = argv
+            .iter()
+            .map(|a| cstr(a.as_bytes()))
+            .collect::<io::Result<_>>()?;
+        let mut argv_ptrs: Vec<_> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+
+        let env: Vec<CString> = env
+            .iter()
+            .map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                cstr(&kv)
+            })
+            .collect::<io::Result<_>>()?;
+        let mut pid_slot = Box::new([0u8; PID_SLOT]);
+        pid_slot[..11].copy_from_slice(b"LISTEN_PID=");
+        let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+        if !listeners.is_empty() {
+            envp.push(pid_slot.as_ptr().cast());
+        }
+        envp.push(std::ptr::null());
+
+        let n = listeners.len() as RawFd;
+        let mut sources = Vec::with_capacity(listeners.len());
+        for l in listeners {
+            // SAFETY: plain fcntl on a valid fd; the result is a new fd we own.
+            let fd = unsafe { libc::fcntl(l.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3 + n) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: fd was just returned by fcntl and is owned by nobody else.
+            sources.push(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let source_fds = sources.iter().map(|s| s.as_raw_fd()).collect();
+        Ok(Self {
+            program,
+            _argv: argv,
+            argv_ptrs,
+            _env: env,
+            envp,
+            pid_slot,
+            sources,
+            source_fds,
+            // SAFETY: getpid never fails.
+            parent_pid: unsafe { libc::getpid() },
+        })
+    }
+
+    /// The listener copies can be closed once the child has exec'd.
+    fn release_sources(&mut self) {
+        self.sources.clear();
+    }
+}
+
+/// Start the child described by `plan` in its own process group. Returns its pid once it has
+/// exec'd, or the exec error.
+pub fn spawn(plan: SpawnPlan) -> io::Result<u32> {
+    let program = OsStr::from_bytes(plan.program.as_bytes()).to_owned();
+    let mut cmd = Command::new(program);
+    cmd.stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        // Its own group, so that a forking server can be stopped as a whole (killpg).
+        .process_group(0);
+    let mut plan = plan;
+    let ptr = PlanPtr(&mut plan as *mut SpawnPlan);
+    // SAFETY: child_exec only makes async-signal-safe calls on memory prepared above, and
+    // `plan` outlives `spawn()` (std waits for the exec to succeed or fail before returning).
+    unsafe {
+        cmd.pre_exec(move || {
+            let p = ptr;
+            child_exec(&mut *p.0)
+        });
+    }
+    // Block every signal on this thread across fork: the child must not run a copy of
+    // handoff's handlers before it has reset them (a SIGTERM sent to the new pid in that
+    // window would otherwise be swallowed). Signals for handoff stay pending until restored.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid sigset pointers.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    }
+    let res = cmd.spawn();
+    // SAFETY: restores the mask saved above.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+    }
+    plan.release_sources();
+    let child = res?;
+    // We reap through our own single waitpid(-1) loop; std's Child must not wait. Dropping a
+    // std Child neither waits nor kills.
+    Ok(child.id())
+}
+
+#[derive(Clone, Copy)]
+struct PlanPtr(*mut SpawnPlan);
+// SAFETY: only dereferenced in the forked child, which is single-threaded.
+unsafe impl Send for PlanPtr {}
+// SAFETY: as above.
+unsafe impl Sync for PlanPtr {}
+
+/// The post-fork, pre-exec code. Async-signal-safe calls only; see the module doc.
+///
+/// # Safety
+/// Must only run in a freshly forked child.
+unsafe fn child_exec(plan: &mut SpawnPlan) -> io::Result<()> {
+    // SAFETY (whole body): raw syscalls on memory owned by `plan`, in a single-threaded child.
+    unsafe {
+        // 1. Default dispositions for every signal (handoff's handlers must never run here,
+        //    and the child starts clean, as under systemd).
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..65 {
+            // 64 signals on Linux; glibc refuses its two reserved ones, which is fine.
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+
+        // 2. If handoff dies (even SIGKILL), the child is told to stop rather than serve on
+        //    unsupervised. The thread that forked is handoff's main thread, which lives as
+        //    long as handoff, so the per-thread semantics of PDEATHSIG are safe here.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+        if libc::getppid() != plan.parent_pid {
+            libc::_exit(1);
+        }
+
+        // 3. Listeners to 3.. (dup2 clears FD_CLOEXEC on the target; sources are ≥ 3+n so no
+        //    target is a source), then everything above them close-on-exec. CLOSE_RANGE_CLOEXEC
+        //    rather than closing keeps std's error pipe usable until exec.
+        let n = plan.source_fds.len() as libc::c_int;
+        for (i, &src) in plan.source_fds.iter().enumerate() {
+            if libc::dup2(src, 3 + i as libc::c_int) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        let first = (3 + n) as libc::c_uint;
+        if libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) != 0
+        {
+            // Kernels before 5.11: mark them one by one.
+            let mut lim: libc::rlimit = std::mem::zeroed();
+            let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                lim.rlim_cur.min(1 << 16) as libc::c_int
+            } else {
+                4096
+            };
+            for fd in first as libc::c_int..max {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+
+        // 4. LISTEN_PID=<our pid>, written with a hand-made itoa into the preallocated slot.
+        let mut pid = libc::getpid() as u64;
+        let mut digits = [0u8; 20];
+        let mut k = digits.len();
+        loop {
+            k -= 1;
+            digits[k] = b'0' + (pid % 10) as u8;
+            pid /= 10;
+            if pid == 0 {
+                break;
+            }
+        }
+        let slot = &mut *plan.pid_slot;
+        let nd = digits.len() - k;
+        slot[11..11 + nd].copy_from_slice(&digits[k..]);
+        slot[11 + nd] = 0;
+
+        // 5. Empty signal mask: the parent blocked everything around fork.
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+
+        // 6. Exec. Only returns on failure.
+        libc::execve(
+            plan.program.as_ptr(),
+            plan.argv_ptrs.as_ptr(),
+            plan.envp.as_ptr(),
+        );
+        Err(io::Error::last_os_error())
+    }
+}

@@ -1,0 +1,181 @@
+//! Logging: a tracing subscriber on stderr, and the rendering of core reports.
+//!
+//! Every event carries an `event` field (`spawned`, `ready`, `stopping`, ...) plus the
+//! generation and pid it concerns, so that `--log-format json` is machine-readable: the
+//! integration tests and the benchmark read exactly these lines.
+
+use handoff_core::supervisor::{KillReason, Report, StartReason};
+use tracing::{info, warn};
+
+use crate::cli::LogFormat;
+
+pub fn init(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_max_level(tracing::Level::INFO);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
+    }
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Log a report of the state machine.
+pub fn report(r: &Report) {
+    match r {
+        Report::ReloadRequested { coalesced } => {
+            if *coalesced {
+                info!(
+                    event = "reload_coalesced",
+                    "reload requested during a reload: already queued"
+                );
+            } else {
+                info!(event = "reload_requested", "reload requested");
+            }
+        }
+        Report::ReloadIgnored => info!(event = "reload_ignored", "reload ignored: shutting down"),
+        Report::Spawned { .. } => {} // logged by the driver, with the spawn time
+        Report::Ready { gen, pid, after } => info!(
+            event = "ready",
+            gen,
+            pid,
+            ready_ms = ms(*after),
+            "generation {gen} (pid {pid}) ready after {:.1} ms",
+            ms(*after)
+        ),
+        Report::Stopping { .. } => {} // logged by the driver after the signal is sent
+        Report::Drained {
+            gen,
+            pid,
+            after,
+            status,
+        } => info!(
+            event = "drained",
+            gen,
+            pid,
+            drain_ms = ms(*after),
+            status = %status,
+            "generation {gen} (pid {pid}) drained in {:.1} ms ({status})",
+            ms(*after)
+        ),
+        Report::Killed { gen, pid, reason } => {
+            let why = match reason {
+                KillReason::DrainTimeout => "drain timeout reached",
+                KillReason::ReadyTimeout => "ready timeout reached",
+                KillReason::Forced => "second stop request",
+            };
+            warn!(
+                event = "killed",
+                gen,
+                pid,
+                reason = why,
+                "killing process group of generation {gen} (pid {pid}): {why}"
+            );
+        }
+        Report::Failed { gen, pid, reason } => warn!(
+            event = "failed",
+            gen,
+            pid = pid.unwrap_or(0),
+            reason = %reason,
+            "generation {gen} failed: {reason}"
+        ),
+        Report::ReloadFinished {
+            gen,
+            ok,
+            after,
+            serving,
+        } => {
+            let (sg, sp) = serving.unwrap_or((0, 0));
+            if *ok {
+                info!(
+                    event = "reload_finished",
+                    result = "ok",
+                    gen,
+                    duration_ms = ms(*after),
+                    serving_gen = sg,
+                    serving_pid = sp,
+                    "reload finished: generation {gen} serving"
+                );
+            } else if serving.is_some() {
+                warn!(
+                    event = "reload_finished",
+                    result = "failed",
+                    gen,
+                    duration_ms = ms(*after),
+                    serving_gen = sg,
+                    serving_pid = sp,
+                    "reload failed; still serving generation {sg}, pid {sp}"
+                );
+            } else {
+                warn!(
+                    event = "reload_finished",
+                    result = "failed",
+                    gen,
+                    duration_ms = ms(*after),
+                    "reload failed; no generation is serving"
+                );
+            }
+        }
+        Report::Exited { gen, pid, status } => warn!(
+            event = "exited",
+            gen,
+            pid,
+            status = %status,
+            "serving generation {gen} (pid {pid}) exited on its own: {status}"
+        ),
+        Report::Reaped { gen, pid, status } => {
+            info!(event = "reaped", gen, pid, status = %status, "failed generation {gen} (pid {pid}) is gone: {status}")
+        }
+        Report::RestartScheduled { delay } => info!(
+            event = "restart_scheduled",
+            delay_ms = ms(*delay),
+            "starting a new generation in {:.0} ms",
+            ms(*delay)
+        ),
+        Report::Status { gen, pid, text } => {
+            info!(event = "status", gen, pid, status = %text, "generation {gen}: {text}")
+        }
+        Report::ChildStopping { gen, pid } => {
+            info!(
+                event = "child_stopping",
+                gen, pid, "generation {gen} (pid {pid}) reports STOPPING=1"
+            )
+        }
+        Report::Forwarded { gen, signal } => match gen {
+            Some(g) => {
+                info!(event = "forwarded", gen = g, signal = %signal, "forwarded {signal} to generation {g}")
+            }
+            None => {
+                warn!(event = "forward_dropped", signal = %signal, "{signal} not forwarded: no generation is serving")
+            }
+        },
+        Report::ShutdownStarted { signal, forced } => {
+            if *forced {
+                warn!(event = "shutdown", forced = true, signal = %signal, "second stop request ({signal}): killing everything now");
+            } else {
+                info!(event = "shutdown", forced = false, signal = %signal, "stopping ({signal}): draining every generation");
+            }
+        }
+        Report::Unkillable { gen, pid } => warn!(
+            event = "unkillable",
+            gen, pid, "generation {gen} (pid {pid}) did not die after SIGKILL; giving up on it"
+        ),
+    }
+}
+
+pub fn start_reason(r: StartReason) -> &'static str {
+    match r {
+        StartReason::Initial => "initial",
+        StartReason::Reload => "reload",
+        StartReason::Restart => "restart",
+    }
+}

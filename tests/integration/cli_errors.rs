@@ -1,0 +1,137 @@
+//! Bad input: one clear line on stderr, a non-zero status, and nothing started.
+
+use std::process::Command;
+
+use crate::util::*;
+
+/// Run handoff to completion; returns (exit code, stderr). The command it would run creates
+/// a marker file, which must never appear.
+fn run_bad(args: &[&str]) -> (i32, String, TempDir) {
+    let dir = TempDir::new();
+    let marker = dir.path().join("started");
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--")
+        .args(["touch", marker.to_str().expect("utf8")])
+        .output()
+        .expect("run handoff");
+    assert!(!marker.exists(), "the child was started despite bad input");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code().unwrap_or(-1), stderr, dir)
+}
+
+#[track_caller]
+fn one_line(stderr: &str, needle: &str) {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got:\n{stderr}");
+    assert!(
+        lines[0].contains(needle),
+        "{needle:?} not in {:?}",
+        lines[0]
+    );
+}
+
+#[test]
+fn bad_listen_address() {
+    let (code, err, _d) = run_bad(&["--listen", "127.0.0.1"]);
+    assert_eq!(code, 2);
+    one_line(&err, "127.0.0.1");
+    let (code, err, _d) = run_bad(&["--listen", "::1:8080"]);
+    assert_eq!(code, 2);
+    one_line(&err, "bracket");
+}
+
+#[test]
+fn bad_duration_and_signal() {
+    let (code, err, _d) = run_bad(&["--listen", "127.0.0.1:0", "--drain-timeout", "soon"]);
+    assert_eq!(code, 2);
+    one_line(&err, "soon");
+    let (code, err, _d) = run_bad(&["--listen", "127.0.0.1:0", "--stop-signal", "SIGFOO"]);
+    assert_eq!(code, 2);
+    one_line(&err, "FOO");
+    let (code, err, _d) = run_bad(&["--listen", "127.0.0.1:0", "--stop-signal", "KILL"]);
+    assert_eq!(code, 2);
+    one_line(&err, "SIGKILL");
+}
+
+#[test]
+fn missing_command() {
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    one_line(&String::from_utf8_lossy(&out.stderr), "COMMAND");
+}
+
+#[test]
+fn command_not_found() {
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--", "no-such-program-xyz"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    one_line(
+        &String::from_utf8_lossy(&out.stderr),
+        "command not found: no-such-program-xyz",
+    );
+}
+
+#[test]
+fn port_in_use_names_the_address_and_leaves_no_socket_file() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let dir = TempDir::new();
+    let sock = dir.path().join("first.sock");
+    let (code, err, _d) = run_bad(&[
+        "--listen",
+        &format!("unix:{}", sock.display()),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    assert_eq!(code, 1);
+    one_line(&err, &format!("127.0.0.1:{port}: address already in use"));
+    assert!(
+        !sock.exists(),
+        "the unix socket bound before the failure must be removed"
+    );
+}
+
+#[test]
+fn privileged_port_says_why() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // Root may bind port 1; check the hint through a non-root user instead if possible.
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                BIN,
+                "--listen",
+                "127.0.0.1:1",
+                "--",
+                "true",
+            ])
+            .output();
+        let Ok(out) = out else {
+            eprintln!("skipped: setpriv not available to drop root");
+            return;
+        };
+        assert_eq!(out.status.code(), Some(1));
+        one_line(&String::from_utf8_lossy(&out.stderr), "privileged");
+    } else {
+        let (code, err, _d) = run_bad(&["--listen", "127.0.0.1:1"]);
+        assert_eq!(code, 1);
+        one_line(&err, "privileged");
+    }
+}
+
+#[test]
+fn help_and_version_work() {
+    let out = Command::new(BIN).arg("--help").output().expect("run");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--listen"));
+    let out = Command::new(BIN).arg("--version").output().expect("run");
+    assert!(out.status.success());
+}

@@ -1,0 +1,146 @@
+//! Restart on crash, shutdown and exit codes, signal forwarding, and leaks.
+
+use std::time::Duration;
+
+use crate::util::*;
+
+#[test]
+fn sigterm_drains_every_child_exits_zero_and_leaves_nothing() {
+    let b = handoff();
+    let sock = b.dir().join("app.sock");
+    let mut h = b
+        .args(["--listen", "127.0.0.1:0", "--listen"])
+        .arg(format!("unix:{}", sock.display()))
+        .args(["--", "python3", &fixture(), "--workers", "2"])
+        .start();
+    let p1 = h.ready(1);
+    let members = group_members(p1);
+    assert!(sock.exists());
+    h.signal(libc::SIGTERM);
+    assert_eq!(h.wait_exit(WAIT), 0, "log:\n{}", h.raw_log());
+    assert!(
+        members.iter().all(|p| !alive(*p)),
+        "leftover processes: {members:?}"
+    );
+    assert!(!sock.exists(), "unix socket file must be removed at exit");
+    h.wait("drained", &[("gen", 1.into())]);
+}
+
+#[test]
+fn second_sigterm_kills_at_once_and_exits_3() {
+    let mut h = with_fixture(&["--drain-timeout", "60s"], &["--ignore-term"]);
+    let p1 = h.ready(1);
+    h.signal(libc::SIGTERM);
+    h.wait("stopping", &[("gen", 1.into())]);
+    h.signal(libc::SIGINT);
+    assert_eq!(h.wait_exit(WAIT), 3);
+    assert!(!alive(p1));
+}
+
+#[test]
+fn drain_timeout_on_shutdown_exits_3() {
+    let mut h = with_fixture(&["--drain-timeout", "500ms"], &["--ignore-term"]);
+    h.ready(1);
+    h.signal(libc::SIGTERM);
+    assert_eq!(h.wait_exit(WAIT), 3);
+    h.wait("killed", &[("gen", 1.into())]);
+}
+
+#[test]
+fn crashed_child_is_replaced_and_clients_wait_instead_of_being_refused() {
+    let h = with_fixture(&[], &["--crash-after-ready", "0.3"]);
+    h.ready(1);
+    let exited = h.wait("exited", &[("gen", 1.into())]);
+    assert_eq!(exited["status"], "exit status 3");
+    h.wait("restart_scheduled", &[]);
+    h.ready(2);
+}
+
+#[test]
+fn restart_never_exits_with_the_child_status() {
+    let mut h = with_fixture(&["--restart", "never"], &["--crash-after-ready", "0.2"]);
+    h.ready(1);
+    assert_eq!(h.wait_exit(WAIT), 3);
+}
+
+#[test]
+fn usr1_is_forwarded_to_the_serving_child() {
+    let h = with_fixture(&[], &[]);
+    h.ready(1);
+    let addr = h.addr(0);
+    h.signal(libc::SIGUSR1);
+    h.wait("forwarded", &[("gen", 1.into())]);
+    wait_until("child saw SIGUSR1", WAIT, || {
+        get_json(addr, "/")["signals"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s == "SIGUSR1"))
+    });
+}
+
+#[test]
+fn orphaned_workers_are_reaped_and_killed() {
+    // A master that exits on SIGTERM without waiting for its workers (which ignore it).
+    let mut h = with_fixture(&[], &["--workers", "2", "--orphan-workers"]);
+    let p1 = h.ready(1);
+    let members = group_members(p1);
+    assert!(members.len() >= 3, "{members:?}");
+    h.reload();
+    h.ready(2);
+    h.wait("drained", &[("gen", 1.into())]);
+    wait_until("workers of the drained generation gone", WAIT, || {
+        members.iter().all(|p| !alive(*p))
+    });
+    h.signal(libc::SIGTERM);
+    assert_eq!(h.wait_exit(WAIT), 0);
+}
+
+#[test]
+fn no_fd_leak_across_reloads() {
+    let h = with_fixture(&[], &[]);
+    h.ready(1);
+    h.reload();
+    h.ready(2);
+    h.wait("drained", &[("gen", 1.into())]);
+    let before = fds(h.pid).len();
+    for gen in 3..=12u64 {
+        h.reload();
+        h.ready(gen);
+        h.wait("drained", &[("gen", (gen - 1).into())]);
+    }
+    let after = fds(h.pid).len();
+    assert_eq!(
+        before, after,
+        "handoff's fd count changed across 10 reloads"
+    );
+    let _ = Duration::ZERO;
+}
+
+#[test]
+fn no_zombies_after_many_reloads() {
+    let h = with_fixture(&[], &[]);
+    h.ready(1);
+    for gen in 2..=6u64 {
+        h.reload();
+        h.wait("drained", &[("gen", (gen - 1).into())]);
+    }
+    // Only the serving child is left as a child of handoff, and it is not a zombie.
+    let kids: Vec<u32> = std::fs::read_dir("/proc")
+        .expect("proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<u32>()
+                        .ok()
+                })
+                == Some(h.pid)
+        })
+        .collect();
+    let serving = h.ready(6);
+    assert_eq!(kids, vec![serving], "children of handoff");
+}

@@ -1,0 +1,95 @@
+//! Listener forms and socket files.
+
+use std::os::unix::net::{UnixListener, UnixStream};
+
+use crate::util::*;
+
+#[test]
+fn stale_unix_socket_file_is_replaced() {
+    let b = handoff();
+    let sock = b.dir().join("app.sock");
+    drop(UnixListener::bind(&sock).expect("bind")); // leaves a file nobody listens on
+    assert!(sock.exists());
+    let h = b
+        .arg("--listen")
+        .arg(format!("api=unix:{}", sock.display()))
+        .args(["--", "python3", &fixture()])
+        .start();
+    h.ready(1);
+    let mut s = UnixStream::connect(&sock).expect("connect");
+    use std::io::{Read, Write};
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    assert!(
+        out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200"),
+        "{out}"
+    );
+}
+
+#[test]
+fn live_unix_socket_or_regular_file_is_an_error() {
+    let dir = TempDir::new();
+    let live = dir.path().join("live.sock");
+    let _l = UnixListener::bind(&live).expect("bind");
+    let out = std::process::Command::new(BIN)
+        .arg("--listen")
+        .arg(format!("unix:{}", live.display()))
+        .args(["--", "true"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already listening"));
+    assert!(live.exists(), "a live socket must not be removed");
+
+    let file = dir.path().join("plain");
+    std::fs::write(&file, "x").expect("write");
+    let out = std::process::Command::new(BIN)
+        .arg("--listen")
+        .arg(format!("unix:{}", file.display()))
+        .args(["--", "true"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
+    assert_eq!(std::fs::read_to_string(&file).expect("read"), "x");
+}
+
+#[test]
+fn ipv6_udp_and_names_reach_the_child() {
+    let h = handoff()
+        .args([
+            "--listen",
+            "http=[::1]:0",
+            "--listen",
+            "dns=udp://127.0.0.1:0",
+        ])
+        .args(["--ready-after", "50ms", "--", "sleep", "300"])
+        .start();
+    let pid = h.gen_pid(1);
+    let env = environ(pid);
+    assert_eq!(
+        env.get("LISTEN_FDNAMES").map(String::as_str),
+        Some("http:dns")
+    );
+    let l0 = h.wait("listening", &[("index", 0.into())]);
+    assert!(l0["addr"].as_str().expect("addr").starts_with("[::1]:"));
+    let l1 = h.wait("listening", &[("index", 1.into())]);
+    assert_eq!(l1["kind"], "udp");
+    let fds = fds(pid);
+    assert_eq!(
+        fds.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4]
+    );
+}
+
+#[test]
+fn connections_queue_while_no_child_accepts() {
+    // The first child takes a while to start; a client connecting before then is not
+    // refused: the kernel queues it on handoff's socket and the child serves it.
+    let h = with_fixture(&[], &["--ready-delay", "0.5"]);
+    let addr = h.addr(0);
+    let v = get_json(addr, "/");
+    assert_eq!(v["gen"], 1);
+}

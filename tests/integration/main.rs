@@ -1,0 +1,18 @@
+//! End-to-end tests of the real `handoff` binary with real child processes, sockets and
+//! signals. One test binary; modules by behaviour:
+//!
+//! - `child_view`: what the child sees (/proc fds, environ, signal state, process group).
+//! - `reload`: reloads, rollback on a failing new child, drain and group kill.
+//! - `lifecycle`: restart on crash, shutdown, exit codes, forwarding, leaks.
+//! - `zero_drop`: two loopback clients hammer the server during reloads; 0 failures.
+//! - `cli_errors`: bad input gives one line, a non-zero status, and starts nothing.
+//! - `listeners`: listener forms (unix, udp, ipv6, names) and stale socket files.
+
+mod util;
+
+mod child_view;
+mod cli_errors;
+mod lifecycle;
+mod listeners;
+mod reload;
+mod zero_drop;

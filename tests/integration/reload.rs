@@ -1,0 +1,192 @@
+//! Reload, rollback, drain and group kill, with the Python fixture as the child.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::util::*;
+
+/// The fixture reads extra arguments from this file at start, so a test can make the *next*
+/// generation misbehave while the current one keeps serving.
+fn args_file(h: &Handoff) -> std::path::PathBuf {
+    h.dir.path().join("child.args")
+}
+
+fn fixture_with_args_file(opts: &[&str]) -> Handoff {
+    let b = handoff();
+    let args = b.dir().join("child.args");
+    b.args(["--listen", "127.0.0.1:0"])
+        .args(opts.iter().copied())
+        .args(["--", "python3", &fixture(), "--args-file"])
+        .arg(args)
+        .start()
+}
+
+#[test]
+fn reload_switches_generations_and_drains_the_old_one() {
+    let h = with_fixture(&[], &[]);
+    let p1 = h.ready(1);
+    let addr = h.addr(0);
+    assert_eq!(get_json(addr, "/")["gen"], 1);
+    h.reload();
+    let done = h.wait("reload_finished", &[("gen", 2.into())]);
+    assert_eq!(done["result"], "ok");
+    let p2 = h.ready(2);
+    assert_ne!(p1, p2);
+    let stop = h.wait("stopping", &[("gen", 1.into())]);
+    assert_eq!(stop["signal"], "SIGTERM");
+    let drained = h.wait("drained", &[("gen", 1.into())]);
+    assert_eq!(drained["status"], "exit status 0");
+    wait_until("old generation gone", WAIT, || !alive(p1));
+    assert_eq!(get_json(addr, "/")["gen"], 2);
+}
+
+#[test]
+fn new_child_crashing_before_ready_rolls_back() {
+    let h = fixture_with_args_file(&[]);
+    let p1 = h.ready(1);
+    std::fs::write(args_file(&h), "--exit-before-ready 3").expect("write args");
+    h.reload();
+    let done = h.wait("reload_finished", &[("gen", 2.into())]);
+    assert_eq!(done["result"], "failed");
+    assert_eq!(done["serving_gen"], 1);
+    let failed = h.wait("failed", &[("gen", 2.into())]);
+    assert!(
+        failed["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("exit status 3"),
+        "{failed}"
+    );
+    // The old generation was never touched and still serves.
+    assert!(h.events("stopping").is_empty());
+    assert!(alive(p1));
+    assert_eq!(get_json(h.addr(0), "/")["pid"], p1);
+    // And a later good reload still works.
+    std::fs::write(args_file(&h), "").expect("write args");
+    h.reload();
+    assert_eq!(
+        h.wait("reload_finished", &[("gen", 3.into())])["result"],
+        "ok"
+    );
+}
+
+#[test]
+fn new_child_missing_the_ready_deadline_is_killed_and_rolled_back() {
+    let h = fixture_with_args_file(&["--ready-timeout", "1s"]);
+    let p1 = h.ready(1);
+    std::fs::write(args_file(&h), "--never-ready --workers 2").expect("write args");
+    h.reload();
+    let p2 = h.gen_pid(2);
+    let done = h.wait("reload_finished", &[("gen", 2.into())]);
+    assert_eq!(done["result"], "failed");
+    let failed = h.wait("failed", &[("gen", 2.into())]);
+    assert!(
+        failed["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("ready timeout"),
+        "{failed}"
+    );
+    // The whole group of the failed child is gone, workers included.
+    wait_until("failed group gone", WAIT, || {
+        group_members(p2).iter().all(|p| !alive(*p))
+    });
+    assert!(alive(p1));
+    assert_eq!(get_json(h.addr(0), "/")["pid"], p1);
+}
+
+#[test]
+fn slow_in_flight_request_survives_a_reload() {
+    let h = with_fixture(&[], &[]);
+    let p1 = h.ready(1);
+    let addr = h.addr(0);
+    let slow = std::thread::spawn(move || get(addr, "/slow?ms=1500"));
+    // The request is in flight once the old child has it; wait for that, not for a time.
+    wait_until("slow request accepted", WAIT, || {
+        get_json(addr, "/")["inflight"].as_u64().unwrap_or(0) >= 1
+    });
+    h.reload();
+    h.wait("stopping", &[("gen", 1.into())]);
+    match slow.join().expect("join") {
+        Outcome::Ok { status, body } => {
+            assert_eq!(status, 200);
+            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+            assert_eq!(v["pid"], p1, "served by the old generation");
+        }
+        other => panic!("slow request failed: {other:?}"),
+    }
+    h.wait("drained", &[("gen", 1.into())]);
+}
+
+#[test]
+fn child_ignoring_stop_signal_is_killed_with_its_workers_after_the_drain_timeout() {
+    let h = with_fixture(
+        &["--drain-timeout", "1s"],
+        &["--ignore-term", "--workers", "2"],
+    );
+    let p1 = h.ready(1);
+    let members = group_members(p1);
+    assert!(
+        members.len() >= 3,
+        "leader and two workers expected: {members:?}"
+    );
+    h.reload();
+    h.ready(2);
+    let killed = h.wait("killed", &[("gen", 1.into())]);
+    assert_eq!(killed["reason"], "drain timeout reached");
+    h.wait(
+        "drained",
+        &[("gen", 1.into()), ("status", json!("killed by SIGKILL"))],
+    );
+    wait_until("old group gone", WAIT, || {
+        members.iter().all(|p| !alive(*p))
+    });
+}
+
+#[test]
+fn sighups_during_a_reload_coalesce() {
+    let h = with_fixture(&[], &["--ready-delay", "0.5"]);
+    h.ready(1);
+    for _ in 0..20 {
+        h.reload();
+    }
+    h.wait("reload_finished", &[("gen", 2.into())]);
+    h.wait("reload_finished", &[("gen", 3.into())]);
+    // Let the loop settle: no generation 4 was asked for. Shut down and check the count.
+    let mut h = h;
+    h.signal(libc::SIGTERM);
+    assert_eq!(h.wait_exit(WAIT), 0);
+    let spawned = h.events("spawned").len();
+    assert!(
+        spawned <= 3,
+        "at most one reload plus one coalesced: {spawned} generations"
+    );
+}
+
+#[test]
+fn notify_from_a_descendant_is_accepted() {
+    let h = with_fixture(&[], &["--notify-from-child"]);
+    h.ready(1);
+    assert_eq!(get_json(h.addr(0), "/")["gen"], 1);
+}
+
+#[test]
+fn extend_timeout_and_status_are_honoured() {
+    let h = with_fixture(
+        &["--ready-timeout", "1s"],
+        &[
+            "--notify-message",
+            "EXTEND_TIMEOUT_USEC=5000000\nSTATUS=warming up",
+            "--ready-delay",
+            "1.5",
+        ],
+    );
+    h.wait(
+        "status",
+        &[("gen", 1.into()), ("status", json!("warming up"))],
+    );
+    h.ready(1);
+    assert!(h.events("failed").is_empty());
+    let _ = Duration::ZERO;
+}

@@ -1,0 +1,545 @@
+//! Test helpers: run the real handoff binary, read its JSON log, wait for conditions with
+//! deadlines (never fixed sleeps), and clean up every process on drop, even on panic.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_handoff");
+
+pub fn fixture() -> String {
+    format!("{}/tests/fixtures/child.py", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Default deadline for conditions that should hold quickly.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Poll `cond` until it is true or `timeout` passes.
+#[track_caller]
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < end,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[derive(Default)]
+struct Log {
+    events: Vec<Value>,
+    raw: Vec<String>,
+    closed: bool,
+}
+
+/// A running handoff, killed with everything it started when dropped.
+pub struct Handoff {
+    child: Option<Child>,
+    log: Arc<(Mutex<Log>, Condvar)>,
+    pub pid: u32,
+    /// Temporary directory for this test (unix sockets, pid files, args files).
+    pub dir: TempDir,
+}
+
+pub struct Builder {
+    cmd: Command,
+    dir: TempDir,
+}
+
+impl Builder {
+    pub fn arg(mut self, a: impl Into<OsString>) -> Self {
+        self.cmd.arg(a.into());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, it: I) -> Self {
+        for a in it {
+            self.cmd.arg(a.into());
+        }
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.cmd.env(k, v);
+        self
+    }
+
+    /// Run `f` in the forked process before handoff is exec'd (to pre-set signal state).
+    ///
+    /// # Safety
+    /// `f` must be async-signal-safe.
+    pub unsafe fn pre_exec(
+        mut self,
+        f: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+    ) -> Self {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.cmd.pre_exec(f) };
+        self
+    }
+
+    /// The test's temporary directory, before start.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn start(mut self) -> Handoff {
+        self.cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        let mut child = self.cmd.spawn().expect("start handoff");
+        let pid = child.id();
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new((Mutex::new(Log::default()), Condvar::new()));
+        let l2 = log.clone();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stderr);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match r.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let (m, cv) = &*l2;
+                let mut g = m.lock().expect("log lock");
+                if std::env::var_os("HANDOFF_TEST_ECHO").is_some() {
+                    eprint!("{line}");
+                }
+                g.raw.push(line.trim_end().to_string());
+                if let Ok(v) = serde_json::from_str::<Value>(line.trim()) {
+                    if v.get("event").is_some() {
+                        g.events.push(v);
+                    }
+                }
+                cv.notify_all();
+            }
+            let (m, cv) = &*l2;
+            m.lock().expect("log lock").closed = true;
+            cv.notify_all();
+        });
+        Handoff {
+            child: Some(child),
+            log,
+            pid,
+            dir: self.dir,
+        }
+    }
+}
+
+/// handoff with `--log-format json` and the given arguments (`--` and the command included).
+pub fn handoff() -> Builder {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--log-format").arg("json");
+    Builder {
+        cmd,
+        dir: TempDir::new(),
+    }
+}
+
+/// handoff on 127.0.0.1:0 running the Python fixture with `child_args`.
+pub fn with_fixture(opts: &[&str], child_args: &[&str]) -> Handoff {
+    handoff()
+        .args(["--listen", "127.0.0.1:0"])
+        .args(opts.iter().copied())
+        .args(["--", "python3", &fixture()])
+        .args(child_args.iter().copied())
+        .start()
+}
+
+impl Handoff {
+    /// Wait for a log event satisfying `pred`, at most `timeout`; returns it.
+    #[track_caller]
+    pub fn wait_event(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let end = Instant::now() + timeout;
+        let (m, cv) = &*self.log;
+        let mut g = m.lock().expect("log lock");
+        loop {
+            if let Some(v) = g.events.iter().find(|v| pred(v)) {
+                return v.clone();
+            }
+            let now = Instant::now();
+            if now >= end || g.closed {
+                let dump = g.raw.join("\n");
+                drop(g);
+                panic!(
+                    "{} waiting for {what}; handoff log:\n{dump}",
+                    if now >= end {
+                        "timed out"
+                    } else {
+                        "handoff exited"
+                    }
+                );
+            }
+            g = cv.wait_timeout(g, end - now).expect("log lock").0;
+        }
+    }
+
+    /// Wait for the n-th (1-based) event named `name` with the given field values.
+    #[track_caller]
+    pub fn wait(&self, name: &str, fields: &[(&str, Value)]) -> Value {
+        self.wait_event(&format!("{name} {fields:?}"), WAIT, |v| {
+            matches(v, name, fields)
+        })
+    }
+
+    /// Every event so far with this name.
+    pub fn events(&self, name: &str) -> Vec<Value> {
+        let (m, _) = &*self.log;
+        let g = m.lock().expect("log lock");
+        g.events
+            .iter()
+            .filter(|v| v["event"] == name)
+            .cloned()
+            .collect()
+    }
+
+    pub fn raw_log(&self) -> String {
+        let (m, _) = &*self.log;
+        m.lock().expect("log lock").raw.join("\n")
+    }
+
+    /// The address of listener `index` from the `listening` event.
+    pub fn addr(&self, index: u64) -> SocketAddr {
+        let v = self.wait("listening", &[("index", index.into())]);
+        v["addr"]
+            .as_str()
+            .expect("addr")
+            .parse()
+            .expect("socket addr")
+    }
+
+    /// Pid of generation `gen` (waits for its `spawned` event).
+    pub fn gen_pid(&self, gen: u64) -> u32 {
+        let v = self.wait("spawned", &[("gen", gen.into())]);
+        v["pid"].as_u64().expect("pid") as u32
+    }
+
+    /// Wait until generation `gen` is ready; returns its pid.
+    pub fn ready(&self, gen: u64) -> u32 {
+        let v = self.wait("ready", &[("gen", gen.into())]);
+        v["pid"].as_u64().expect("pid") as u32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill of the handoff process we started.
+        unsafe { libc::kill(self.pid as i32, sig) };
+    }
+
+    pub fn reload(&self) {
+        self.signal(libc::SIGHUP);
+    }
+
+    /// Wait for handoff to exit; returns its exit code (or 128+signal).
+    #[track_caller]
+    pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let child = self.child.as_mut().expect("running");
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                use std::os::unix::process::ExitStatusExt;
+                return st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0));
+            }
+            if Instant::now() >= end {
+                panic!(
+                    "handoff did not exit within {timeout:?}; log:\n{}",
+                    self.raw_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Pids handoff reported spawning.
+    pub fn spawned_pids(&self) -> Vec<u32> {
+        self.events("spawned")
+            .iter()
+            .filter_map(|v| v["pid"].as_u64().map(|p| p as u32))
+            .collect()
+    }
+}
+
+pub fn matches(v: &Value, name: &str, fields: &[(&str, Value)]) -> bool {
+    v["event"] == name && fields.iter().all(|(k, want)| &v[*k] == want)
+}
+
+impl Drop for Handoff {
+    fn drop(&mut self) {
+        let pids = self.spawned_pids();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // The children get SIGTERM from PR_SET_PDEATHSIG; make sure, by pid and group.
+        for pid in pids {
+            if alive(pid) {
+                // SAFETY: signalling processes this test started (through handoff).
+                unsafe {
+                    libc::kill(-(pid as i32), libc::SIGKILL);
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let state = s
+                .rsplit_once(')')
+                .map(|(_, r)| r.trim_start())
+                .unwrap_or("");
+            !state.starts_with('Z') && !state.starts_with('X')
+        }
+        Err(_) => false,
+    }
+}
+
+/// Every pid whose process group is `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(d) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let r = s.rsplit_once(')')?.1.to_string();
+                    r.split_whitespace().nth(2)?.parse::<u32>().ok()
+                })
+                == Some(pgid)
+        })
+        .collect()
+}
+
+/// /proc/PID/environ as a map.
+pub fn environ(pid: u32) -> HashMap<String, String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).expect("read environ");
+    raw.split(|b| *b == 0)
+        .filter_map(|kv| {
+            let s = String::from_utf8_lossy(kv);
+            let (k, v) = s.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// A field of /proc/PID/status, e.g. "SigBlk".
+pub fn status_field(pid: u32, key: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    s.lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{key}:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// Open fds of `pid` with their link targets.
+pub fn fds(pid: u32) -> Vec<(i32, String)> {
+    let mut v: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read fd dir")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let n = e.file_name().to_str()?.parse().ok()?;
+            let t = std::fs::read_link(e.path()).ok()?;
+            Some((n, t.display().to_string()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Outcome of one HTTP request.
+#[derive(Debug)]
+pub enum Outcome {
+    Ok { status: u16, body: String },
+    Refused,
+    Reset,
+    Timeout,
+    Other(String),
+}
+
+fn classify(e: &std::io::Error) -> Outcome {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused => Outcome::Refused,
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => Outcome::Reset,
+        WouldBlock | TimedOut => Outcome::Timeout,
+        _ => Outcome::Other(e.to_string()),
+    }
+}
+
+/// One HTTP/1.1 request on a new connection.
+pub fn get(addr: SocketAddr, path: &str) -> Outcome {
+    let mut s = match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
+        Ok(s) => s,
+        Err(e) => return classify(&e),
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    if let Err(e) = s.write_all(req.as_bytes()) {
+        return classify(&e);
+    }
+    let mut buf = Vec::new();
+    if let Err(e) = s.read_to_end(&mut buf) {
+        return classify(&e);
+    }
+    parse_response(&buf).unwrap_or(Outcome::Reset)
+}
+
+fn parse_response(buf: &[u8]) -> Option<Outcome> {
+    let text = String::from_utf8_lossy(buf);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some(Outcome::Ok {
+        status,
+        body: body.to_string(),
+    })
+}
+
+/// `GET path` expecting 200; returns the JSON body.
+#[track_caller]
+pub fn get_json(addr: SocketAddr, path: &str) -> Value {
+    match get(addr, path) {
+        Outcome::Ok { status: 200, body } => serde_json::from_str(&body).expect("json body"),
+        other => panic!("GET {path}: {other:?}"),
+    }
+}
+
+/// A keep-alive HTTP/1.1 client that reconnects when the server closes the connection.
+pub struct KeepAlive {
+    addr: SocketAddr,
+    conn: Option<BufReader<TcpStream>>,
+}
+
+impl KeepAlive {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr, conn: None }
+    }
+
+    /// One request. A request on a *reused* connection that the server had already closed
+    /// (no byte of response) is retried once on a new connection, as every HTTP client does;
+    /// the second bool tells whether that happened.
+    pub fn get(&mut self, path: &str) -> (Outcome, bool) {
+        let reused = self.conn.is_some();
+        match self.try_get(path) {
+            Err((e, got_bytes)) if reused && !got_bytes => {
+                self.conn = None;
+                let _ = e;
+                (
+                    self.try_get(path).unwrap_or_else(|(e, _)| classify(&e)),
+                    true,
+                )
+            }
+            Err((e, _)) => {
+                self.conn = None;
+                (classify(&e), false)
+            }
+            Ok(o) => (o, false),
+        }
+    }
+
+    fn try_get(&mut self, path: &str) -> Result<Outcome, (std::io::Error, bool)> {
+        if self.conn.is_none() {
+            let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(10))
+                .map_err(|e| (e, false))?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))
+                .map_err(|e| (e, false))?;
+            self.conn = Some(BufReader::new(s));
+        }
+        let r = self.conn.as_mut().expect("conn");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+        r.get_mut()
+            .write_all(req.as_bytes())
+            .map_err(|e| (e, false))?;
+        let mut line = String::new();
+        let n = r.read_line(&mut line).map_err(|e| (e, false))?;
+        if n == 0 {
+            return Err((std::io::ErrorKind::UnexpectedEof.into(), false));
+        }
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| {
+                (
+                    std::io::Error::other(format!("bad status line {line:?}")),
+                    true,
+                )
+            })?;
+        let mut len = 0usize;
+        let mut close = false;
+        loop {
+            let mut h = String::new();
+            r.read_line(&mut h).map_err(|e| (e, true))?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let lower = h.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+            if lower.starts_with("connection:") && lower.contains("close") {
+                close = true;
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).map_err(|e| (e, true))?;
+        if close {
+            self.conn = None;
+        }
+        Ok(Outcome::Ok {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "handoff-test.{}.{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
