@@ -40,13 +40,18 @@ fn usage_error(e: clap::Error) -> ExitCode {
         let _ = e.print();
         return ExitCode::SUCCESS;
     }
+    // clap's first paragraph is the error; it may wrap onto several lines (a list of
+    // missing arguments): join them into one.
     let text = e.render().to_string();
-    let first = text
+    let first: Vec<&str> = text
         .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("invalid command line")
-        .trim_start_matches("error: ");
-    eprintln!("handoff: error: {first} (see handoff --help)");
+        .map(str::trim)
+        .skip_while(|l| l.is_empty())
+        .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
+        .collect();
+    let msg = first.join(" ");
+    let msg = msg.trim_start_matches("error: ");
+    eprintln!("handoff: error: {msg} (see handoff --help)");
     ExitCode::from(exit_code::USAGE as u8)
 }
 

@@ -44,11 +44,13 @@ class Server(ThreadingHTTPServer):
     daemon_threads = False  # server_close() waits for the requests in flight
     block_on_close = True
 
-    def __init__(self, sock):
-        # Adopt an already bound and listening socket instead of creating one.
-        super().__init__(sock.getsockname(), Handler, bind_and_activate=False)
-        self.socket.close()
-        self.socket = sock
+    @classmethod
+    def adopt(cls, sock):
+        """A server on an already bound and listening socket."""
+        server = cls(sock.getsockname(), Handler, bind_and_activate=False)
+        server.socket.close()  # the one socketserver made for us and we do not need
+        server.socket = sock
+        return server
 
 
 def inherited_socket():
@@ -88,21 +90,21 @@ def main():
     sock = inherited_socket()
     if sock is None:
         print("LISTEN_FDS is not set: binding 127.0.0.1:8080 myself", file=sys.stderr)
-        server = ThreadingHTTPServer(("127.0.0.1", 8080), Handler)
-        server.daemon_threads, server.block_on_close = False, True
+        server = Server(("127.0.0.1", 8080), Handler)
     else:
-        server = Server(sock)
+        server = Server.adopt(sock)
 
     time.sleep(args.startup_delay)  # load config, warm caches, connect to the database...
 
-    def on_sigterm(signum, frame):
+    def on_stop(signum, frame):
         global draining
         draining = True
         # shutdown() waits for serve_forever() to return, and serve_forever() runs in this
         # (the main) thread: call it from another thread.
         threading.Thread(target=server.shutdown).start()
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)  # Ctrl-C, when running alone
 
     # The socket is already listening: connections wait in its queue until serve_forever()
     # accepts them, so we can tell handoff that we are ready right now.

@@ -92,9 +92,10 @@ fn environment_is_the_socket_activation_contract() {
 fn each_generation_gets_its_own_listen_pid_and_notify_socket() {
     let h = sleeper(&[]);
     let p1 = h.ready(1);
+    let e1 = environ(p1);
     h.reload();
     let p2 = h.ready(2);
-    let (e1, e2) = (environ(p1), environ(p2));
+    let e2 = environ(p2);
     assert_eq!(e2.get("LISTEN_PID"), Some(&p2.to_string()));
     assert_eq!(e2.get("HANDOFF_GENERATION").map(String::as_str), Some("2"));
     assert_ne!(e1.get("NOTIFY_SOCKET"), e2.get("NOTIFY_SOCKET"));

@@ -136,7 +136,7 @@ pub enum Event {
 }
 
 /// Whom a signal is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Target {
     /// The generation's main process only.
     Leader,
@@ -524,13 +524,14 @@ impl Supervisor {
                 });
                 self.pending_reload = false;
                 self.timers.remove(&Timer::Restart);
+                // First report the interrupted start (while the old generation still counts
+                // as serving), then tell everyone to stop.
+                if let Some(i) = self.gens.iter().position(|g| g.phase == Phase::Starting) {
+                    self.fail_reload(i, FailReason::Shutdown, now);
+                }
                 for i in 0..self.gens.len() {
                     match self.gens[i].phase {
-                        Phase::Starting => {
-                            self.fail_reload(i, FailReason::Shutdown, now);
-                            self.stop(i, now);
-                        }
-                        Phase::Serving => self.stop(i, now),
+                        Phase::Starting | Phase::Serving => self.stop(i, now),
                         // Spawning: stopped as soon as its pid is known (on_spawned).
                         Phase::Spawning | Phase::Stopping | Phase::Killing => {}
                     }
@@ -693,10 +694,8 @@ impl Supervisor {
             self.timers.remove(&timer);
             let idx = timer.gen().and_then(|g| self.find(g));
             match (timer, idx) {
-                (Timer::Restart, _) => {
-                    if self.shutdown.is_none() && self.starting().is_none() {
-                        self.start_generation(StartReason::Restart, now);
-                    }
+                (Timer::Restart, _) if self.shutdown.is_none() && self.starting().is_none() => {
+                    self.start_generation(StartReason::Restart, now);
                 }
                 (Timer::ReadyAfter(_), Some(i)) if self.gens[i].phase == Phase::Starting => {
                     self.become_ready(i, now);
@@ -714,11 +713,10 @@ impl Supervisor {
                     let g = &self.gens[i];
                     let (gen, pid) = (g.id, g.pid.unwrap_or(0));
                     self.report(Report::Unkillable { gen, pid });
-                    // Keep it in the table so a late exit is still attributed, but stop
-                    // waiting for it if handoff is shutting down.
-                    if self.shutdown.is_some() {
-                        self.remove(i);
-                    }
+                    // Forget it (a late exit is then an unknown pid, never signalled again)
+                    // and carry on as if it had exited: replace it if nothing serves.
+                    self.remove(i);
+                    self.after_failed_start(now);
                 }
                 _ => {} // stale: the generation left that phase
             }

@@ -242,12 +242,19 @@ unsafe fn child_exec(plan: &mut SpawnPlan) -> io::Result<()> {
     unsafe {
         // 1. Default dispositions for every signal (handoff's handlers must never run here,
         //    and the child starts clean, as under systemd).
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        for sig in 1..65 {
-            // 64 signals on Linux; glibc refuses its two reserved ones, which is fine.
+        //    The raw syscall, because glibc's sigaction() refuses its two reserved real-time
+        //    signals (32, 33), which a parent may have left ignored. An all-zero kernel
+        //    `struct sigaction` is SIG_DFL with no flags and an empty mask.
+        let dfl = [0u64; 4];
+        for sig in 1..=64 {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    dfl.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                );
             }
         }
 

@@ -149,7 +149,9 @@ fn exit(a: &[Action]) -> Option<i32> {
     })
 }
 
-fn reload_outcome(a: &[Action]) -> Option<(GenId, bool, Option<(GenId, Pid)>)> {
+type Outcome = (GenId, bool, Option<(GenId, Pid)>);
+
+fn reload_outcome(a: &[Action]) -> Option<Outcome> {
     a.iter().find_map(|a| match a {
         Action::Report(Report::ReloadFinished {
             gen, ok, serving, ..
@@ -404,9 +406,8 @@ fn serving_child_death_restarts_with_exponential_backoff() {
 #[test]
 fn backoff_is_capped() {
     let (mut h, _) = Harness::new(Policy::default());
-    let mut pid = 100;
     let mut last = Duration::ZERO;
-    for gen in 1..=12 {
+    for (pid, gen) in (100..).zip(1..=12) {
         h.spawned(gen, pid);
         let a = h.exited(pid, 1);
         last = reports(&a)
@@ -417,7 +418,6 @@ fn backoff_is_capped() {
             })
             .unwrap();
         h.fire();
-        pid += 1;
     }
     assert_eq!(last, secs(10));
 }
@@ -696,6 +696,23 @@ fn unkillable_group_does_not_block_shutdown_forever() {
 }
 
 #[test]
+fn unkillable_first_generation_is_given_up_and_replaced() {
+    // Found by the model test: a start that times out and then survives SIGKILL must not
+    // leave handoff with nothing serving and nothing scheduled.
+    let (mut h, _) = Harness::new(Policy::default());
+    h.spawned(1, 100);
+    h.fire(); // ready timeout → SIGKILL
+    let a = h.fire(); // reap deadline
+    assert!(reports(&a).contains(&Report::Unkillable { gen: 1, pid: 100 }));
+    assert!(reports(&a).contains(&Report::RestartScheduled { delay: ms(100) }));
+    assert_eq!(spawns(&h.fire()), vec![2]);
+    assert!(
+        h.exited(100, 0).is_empty(),
+        "a late exit of the forgotten pid changes nothing"
+    );
+}
+
+#[test]
 fn status_snapshot_lists_generations() {
     let mut h = Harness::serving();
     h.reload();
@@ -718,7 +735,7 @@ mod model {
     enum Step {
         Reload,
         Shutdown,
-        Spawn(u8),
+        Spawn,
         SpawnFail,
         Ready(u8),
         Exit(u8, i32),
@@ -730,7 +747,7 @@ mod model {
         prop_oneof![
             3 => Just(Step::Reload),
             1 => Just(Step::Shutdown),
-            4 => any::<u8>().prop_map(Step::Spawn),
+            4 => Just(Step::Spawn),
             1 => Just(Step::SpawnFail),
             4 => any::<u8>().prop_map(Step::Ready),
             3 => (any::<u8>(), 0..3i32).prop_map(|(g, c)| Step::Exit(g, c)),
@@ -750,7 +767,7 @@ mod model {
                 let a = match s {
                     Step::Reload => h.reload(),
                     Step::Shutdown => h.shutdown(),
-                    Step::Spawn(_) if !spawning.is_empty() => {
+                    Step::Spawn if !spawning.is_empty() => {
                         let gen = spawning.remove(0);
                         next_pid += 1;
                         live.push((gen, next_pid));
