@@ -790,6 +790,10 @@ mod model {
                     _ => Vec::new(),
                 };
                 spawning.extend(spawns(&a));
+                if h.sup.finished().is_some() {
+                    // Exiting: the shell's cleanup kills whatever is left.
+                    break;
+                }
                 // Never more than one generation starting at once.
                 let starting = h.sup.status(h.now).iter()
                     .filter(|g| matches!(g.phase, Phase::Spawning | Phase::Starting)).count();
@@ -803,9 +807,6 @@ mod model {
                     if matches!(g.phase, Phase::Starting | Phase::Stopping | Phase::Killing) {
                         prop_assert!(h.sup.poll_timeout().is_some());
                     }
-                }
-                if h.sup.finished().is_some() {
-                    break;
                 }
             }
         }
