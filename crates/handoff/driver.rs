@@ -79,6 +79,7 @@ impl Driver {
                 return code;
             }
             let deadline = self.sup.poll_timeout();
+            let leaders = self.leaders();
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -89,9 +90,9 @@ impl Driver {
             // is handled before its exit.
             tokio::select! {
                 biased;
-                msgs = poll_notify(&self.notify) => {
-                    for (gen, r) in msgs {
-                        self.on_datagram(gen, r);
+                msgs = poll_notify(&self.notify, &leaders) => {
+                    for m in msgs {
+                        self.on_datagram(m);
                     }
                 }
                 _ = sig.chld.recv() => self.reap(),
@@ -229,29 +230,30 @@ impl Driver {
         Ok(pid)
     }
 
-    fn on_datagram(&mut self, gen: GenId, r: Received) {
-        let (pid, payload) = match r {
-            Received::Datagram { pid, payload, .. } => (pid, payload),
-            Received::Invalid(why) => {
-                debug!(gen, "ignored notify datagram: {why}");
-                return;
-            }
-            Received::Empty => return,
-        };
-        let Some(leader) = self.sup.pid_of(gen) else {
-            return;
-        };
-        // Accept the child and its descendants (many servers notify from a helper process),
-        // nothing else: the socket path is not a secret from processes of the same user.
-        if !procfs::belongs_to(pid, leader) {
+    /// Main pid of every generation that has a notify socket.
+    fn leaders(&self) -> HashMap<GenId, u32> {
+        self.notify
+            .keys()
+            .filter_map(|g| Some((*g, self.sup.pid_of(*g)?)))
+            .collect()
+    }
+
+    fn on_datagram(&mut self, m: Datagram) {
+        let Datagram {
+            gen,
+            sender,
+            belongs,
+            payload,
+        } = m;
+        if !belongs {
             self.ignored_notify += 1;
             if self.ignored_notify <= 10 || self.ignored_notify.is_power_of_two() {
                 warn!(
                     event = "notify_rejected",
                     gen,
-                    sender = pid,
+                    sender,
                     count = self.ignored_notify,
-                    "ignored notify message from pid {pid}: not part of generation {gen}"
+                    "ignored notify message from pid {sender}: not part of generation {gen}"
                 );
             }
             return;
@@ -263,24 +265,25 @@ impl Driver {
                 }
                 self.handle(Event::Notify { gen, msg });
             }
-            Err(e) => debug!(gen, "ignored notify datagram from {pid}: {e}"),
+            Err(e) => debug!(gen, "ignored notify datagram from {sender}: {e}"),
         }
     }
 
     /// Read everything queued on every notify socket, synchronously.
     fn drain_notify(&mut self) {
+        let leaders = self.leaders();
         let mut got = Vec::new();
         for (gen, fd) in &self.notify {
             // Bounded: a flood must not starve the reaper.
             for _ in 0..1024 {
                 match fd.get_ref().recv() {
                     Ok(Received::Empty) | Err(_) => break,
-                    Ok(r) => got.push((*gen, r)),
+                    Ok(r) => got.extend(attribute(*gen, r, &leaders)),
                 }
             }
         }
-        for (gen, r) in got {
-            self.on_datagram(gen, r);
+        for m in got {
+            self.on_datagram(m);
         }
     }
 
@@ -351,8 +354,45 @@ impl Signals {
     }
 }
 
+/// A datagram from a generation's notify socket, attributed when it was received.
+struct Datagram {
+    gen: GenId,
+    sender: u32,
+    /// The sender is the generation's main process or one of its descendants.
+    belongs: bool,
+    payload: Vec<u8>,
+}
+
+/// Check the sender right after receiving, before the next datagram is read: a sender that
+/// uses `BARRIER=1` (systemd-notify, sd_notify_barrier) waits until handoff closes the fd in
+/// its *next* datagram, so it is guaranteed alive, and attributable, at this point. Accepting
+/// descendants too matters: many servers notify from a helper process.
+fn attribute(gen: GenId, r: Received, leaders: &HashMap<GenId, u32>) -> Option<Datagram> {
+    match r {
+        Received::Datagram { pid, payload, .. } => {
+            let belongs = leaders
+                .get(&gen)
+                .is_some_and(|&leader| procfs::belongs_to(pid, leader));
+            Some(Datagram {
+                gen,
+                sender: pid,
+                belongs,
+                payload,
+            })
+        }
+        Received::Invalid(why) => {
+            debug!(gen, "ignored notify datagram: {why}");
+            None
+        }
+        Received::Empty => None,
+    }
+}
+
 /// Wait until any notify socket is readable; return what it holds.
-async fn poll_notify(socks: &HashMap<GenId, AsyncFd<NotifySocket>>) -> Vec<(GenId, Received)> {
+async fn poll_notify(
+    socks: &HashMap<GenId, AsyncFd<NotifySocket>>,
+    leaders: &HashMap<GenId, u32>,
+) -> Vec<Datagram> {
     poll_fn(|cx| {
         let mut out = Vec::new();
         for (gen, fd) in socks {
@@ -366,9 +406,11 @@ async fn poll_notify(socks: &HashMap<GenId, AsyncFd<NotifySocket>>) -> Vec<(GenI
                             guard.clear_ready();
                             continue 'sock;
                         }
-                        Ok(r) => out.push((*gen, r)),
+                        Ok(r) => out.extend(attribute(*gen, r, leaders)),
                     }
                 }
+                // Data left: come back after the other arms had their turn.
+                cx.waker().wake_by_ref();
                 break;
             }
         }

@@ -109,7 +109,7 @@ def main():
     # The socket is already listening: connections wait in its queue until serve_forever()
     # accepts them, so we can tell handoff that we are ready right now.
     sd_notify(f"READY=1\nSTATUS=serving, generation {GENERATION}")
-    server.serve_forever()  # returns after SIGTERM: we accept no new connection
+    server.serve_forever(poll_interval=0.1)  # returns soon after SIGTERM: no more accept()
     server.server_close()  # waits for the requests in flight, closes our copy of the socket
     sys.exit(0)
 

@@ -582,9 +582,9 @@ impl Supervisor {
         if self.gens[i].phase != Phase::Spawning {
             return;
         }
-        let reason = FailReason::SpawnFailed(error);
-        self.fail_reload(i, reason, now);
+        let g = self.gens[i].clone();
         self.remove(i);
+        self.fail_start(&g, FailReason::SpawnFailed(error), now);
         if self.shutdown.is_none() {
             if self.ever_ready {
                 self.after_failed_start(now);
@@ -631,12 +631,18 @@ impl Supervisor {
         let Some(i) = self.gens.iter().position(|g| g.pid == Some(pid)) else {
             return; // an adopted orphan, or a worker: nothing to decide
         };
-        let gen = self.gens[i].id;
-        match self.gens[i].phase {
+        let g = self.gens[i].clone();
+        let gen = g.id;
+        if g.phase == Phase::Spawning {
+            return;
+        }
+        // Release first (leftover workers killed, notify socket closed), so that every report
+        // below describes a generation that is entirely gone.
+        self.remove_exited(i, pid);
+        match g.phase {
             Phase::Spawning => {}
             Phase::Starting => {
-                self.fail_reload(i, FailReason::ExitedBeforeReady(status), now);
-                self.remove_exited(i, pid);
+                self.fail_start(&g, FailReason::ExitedBeforeReady(status), now);
                 if self.shutdown.is_none() {
                     if self.policy.restart == RestartPolicy::Never && self.serving().is_none() {
                         self.begin_exit(status.as_exit_code(), now);
@@ -647,10 +653,9 @@ impl Supervisor {
             }
             Phase::Serving => {
                 self.report(Report::Exited { gen, pid, status });
-                let served = self.gens[i]
+                let served = g
                     .ready_at
                     .map_or(Duration::ZERO, |r| now.saturating_duration_since(r));
-                self.remove_exited(i, pid);
                 if self.serving().is_some() || self.starting().is_some() {
                     // Another generation serves or is about to: nothing to replace.
                 } else if self.policy.restart == RestartPolicy::Never {
@@ -662,13 +667,12 @@ impl Supervisor {
                     self.schedule_restart(now);
                 }
             }
-            Phase::Stopping | Phase::Killing if self.gens[i].ready_at.is_none() => {
+            Phase::Stopping | Phase::Killing if g.ready_at.is_none() => {
                 self.report(Report::Reaped { gen, pid, status });
-                self.remove_exited(i, pid);
                 self.after_failed_start(now);
             }
             Phase::Stopping | Phase::Killing => {
-                let after = self.gens[i]
+                let after = g
                     .stop_at
                     .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
                 self.report(Report::Drained {
@@ -677,7 +681,6 @@ impl Supervisor {
                     after,
                     status,
                 });
-                self.remove_exited(i, pid);
             }
         }
     }
@@ -769,18 +772,21 @@ impl Supervisor {
 
     /// Record that the starting generation `i` will not take over, and report it.
     fn fail_reload(&mut self, i: usize, reason: FailReason, now: Instant) {
-        let g = &self.gens[i];
-        let (gen, pid, why, after) = (
-            g.id,
-            g.pid,
-            g.reason,
-            now.saturating_duration_since(g.spawned_at),
-        );
-        self.report(Report::Failed { gen, pid, reason });
-        if why == StartReason::Reload {
+        let g = self.gens[i].clone();
+        self.fail_start(&g, reason, now);
+    }
+
+    fn fail_start(&mut self, g: &Generation, reason: FailReason, now: Instant) {
+        let after = now.saturating_duration_since(g.spawned_at);
+        self.report(Report::Failed {
+            gen: g.id,
+            pid: g.pid,
+            reason,
+        });
+        if g.reason == StartReason::Reload {
             let serving = self.serving();
             self.report(Report::ReloadFinished {
-                gen,
+                gen: g.id,
                 ok: false,
                 after,
                 serving,

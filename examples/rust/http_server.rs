@@ -1,0 +1,172 @@
+//! A small, fast HTTP/1.1 keep-alive server used as handoff's child in `bench/`.
+//!
+//!     handoff --listen 127.0.0.1:8080 -- target/release/examples/http-server [--ready-delay-ms N]
+//!     target/release/examples/http-server --bind 127.0.0.1:8080   # no handoff: the baseline
+//!
+//! Under handoff it takes its listener from fd 3 (checking LISTEN_PID strictly, exit 97 if it
+//! is not our pid), sends READY=1 to $NOTIFY_SOCKET once ready, and on SIGTERM/SIGINT stops
+//! accepting, answers the requests in flight with `Connection: close`, closes idle keep-alive
+//! connections and exits 0 (after at most ~5 s). One thread per connection, std + libc only.
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+/// Set by the signal handler: stop accepting and drain.
+static STOP: AtomicBool = AtomicBool::new(false);
+/// Connections being served, so that the drain can wait for them.
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+/// Idle connections and the accept loop look at STOP this often.
+const TICK: Duration = Duration::from_millis(50);
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+extern "C" fn on_stop(_signal: libc::c_int) {
+    STOP.store(true, SeqCst); // an atomic store is async-signal-safe
+}
+
+fn usage(msg: &str) -> ! {
+    eprintln!("http-server: {msg}\nusage: http-server [--bind ADDR] [--ready-delay-ms N]");
+    std::process::exit(2)
+}
+
+fn main() {
+    let (mut bind, mut ready_delay) = (None, 0u64);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| usage(&format!("{arg} needs a value")));
+        match arg.as_str() {
+            "--bind" => bind = Some(value()),
+            "--ready-delay-ms" => {
+                ready_delay = value().parse().unwrap_or_else(|_| usage("bad --ready-delay-ms"))
+            }
+            _ => usage(&format!("unknown argument {arg}")),
+        }
+    }
+    let listener = match (bind, std::env::var("LISTEN_FDS")) {
+        (Some(addr), _) => TcpListener::bind(&addr).unwrap_or_else(|e| usage(&format!("{e}"))),
+        (None, Ok(n)) => {
+            // Like sd_listen_fds(): the fds are ours only if LISTEN_PID names this process.
+            let pid = std::env::var("LISTEN_PID").unwrap_or_default();
+            if pid != std::process::id().to_string() {
+                eprintln!("http-server: LISTEN_PID={pid} is not our pid {}", std::process::id());
+                std::process::exit(97);
+            }
+            if n.parse::<u32>().unwrap_or(0) < 1 {
+                usage("LISTEN_FDS is set but no socket was passed");
+            }
+            // SAFETY: fd 3 is the listening socket handoff passed to us; nothing else owns it.
+            unsafe { TcpListener::from_raw_fd(3) }
+        }
+        (None, Err(_)) => usage("neither LISTEN_FDS nor --bind"),
+    };
+    // Non-blocking: during a reload the old and new generations share the socket, and a
+    // blocking accept() could wait forever for a connection the other process took.
+    listener.set_nonblocking(true).expect("set_nonblocking");
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, on_stop as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+    }
+
+    // Pretend to load config / warm caches. The socket already listens, so connections wait
+    // in its queue (or are accepted by the previous generation) until we start accepting.
+    let ready_at = Instant::now() + Duration::from_millis(ready_delay);
+    while Instant::now() < ready_at && !STOP.load(SeqCst) {
+        std::thread::sleep(TICK.min(ready_at.saturating_duration_since(Instant::now())));
+    }
+    if STOP.load(SeqCst) {
+        std::process::exit(0); // stopped before we were ready: nothing to drain
+    }
+    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
+        let sent = UnixDatagram::unbound().and_then(|s| s.send_to(b"READY=1", &path));
+        if let Err(e) = sent {
+            eprintln!("http-server: cannot notify {path:?}: {e}");
+        }
+    }
+
+    let body = format!(
+        "gen {} pid {}\n",
+        std::env::var("HANDOFF_GENERATION").unwrap_or_else(|_| "0".into()),
+        std::process::id()
+    );
+    let body: &'static str = Box::leak(body.into_boxed_str());
+    let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    while !STOP.load(SeqCst) {
+        // SAFETY: one valid pollfd; a signal interrupts poll() with EINTR, which is fine.
+        unsafe { libc::poll(&mut pfd, 1, TICK.as_millis() as libc::c_int) };
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    ACTIVE.fetch_add(1, SeqCst);
+                    std::thread::spawn(move || {
+                        let _ = serve(stream, body); // a client going away is not our problem
+                        ACTIVE.fetch_sub(1, SeqCst);
+                    });
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    eprintln!("http-server: accept: {e}"); // e.g. EMFILE: back off a little
+                    std::thread::sleep(TICK);
+                    break;
+                }
+            }
+        }
+    }
+    // Draining: no more accept(); connections still queued go to the new generation, which
+    // shares the socket. Wait for the connections we own to finish their current request.
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    while ACTIVE.load(SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::process::exit(0);
+}
+
+/// Serves HTTP/1.1 requests (GET/HEAD without body) on one connection until it closes.
+fn serve(mut stream: TcpStream, body: &str) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(TICK))?; // wake up now and then to notice a drain
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        // Answer every complete request already buffered (pipelining works too).
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            buf.drain(..end + 4);
+            let wants_close = head.contains("\r\nconnection: close") || head.ends_with("http/1.0");
+            let close = wants_close || STOP.load(SeqCst);
+            let (status, text) = if head.starts_with("get / ") || head.starts_with("head / ") {
+                ("200 OK", body)
+            } else {
+                ("404 Not Found", "not found\n")
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{}",
+                text.len(),
+                if close { "Connection: close\r\n" } else { "" },
+                if head.starts_with("head ") { "" } else { text },
+            );
+            stream.write_all(response.as_bytes())?;
+            if close {
+                return Ok(());
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return Ok(()), // the client closed the connection
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            // Idle between requests while draining: close; the client reconnects to the new
+            // generation. (A request racing with this close is what HTTP clients retry.)
+            Err(e) if is_timeout(&e) && buf.is_empty() && STOP.load(SeqCst) => return Ok(()),
+            Err(e) if is_timeout(&e) || e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        if buf.len() > 64 * 1024 {
+            return Ok(()); // headers far too long: not a client we care about
+        }
+    }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
