@@ -1,0 +1,90 @@
+//! Real fork/exec through `spawn`, with an allocation tripwire: this test binary's global
+//! allocator aborts if it is ever called in a process other than the test itself, i.e. in a
+//! forked child before exec. Another thread allocates all the time meanwhile, so a child
+//! forked while the allocator lock is held would also deadlock or abort here.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::TcpListener;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+
+use handoff_sys::spawn::{resolve_program, spawn, SpawnPlan};
+
+static PARENT: AtomicI32 = AtomicI32::new(0);
+
+struct Tripwire;
+
+// SAFETY: forwards to the system allocator; only adds a check.
+unsafe impl GlobalAlloc for Tripwire {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        check();
+        // SAFETY: forwarded.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        check();
+        // SAFETY: forwarded.
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+fn check() {
+    let parent = PARENT.load(Ordering::Relaxed);
+    // SAFETY: getpid is async-signal-safe and cannot fail.
+    if parent != 0 && unsafe { libc::getpid() } != parent {
+        // SAFETY: abort is async-signal-safe.
+        unsafe { libc::abort() };
+    }
+}
+
+#[global_allocator]
+static ALLOC: Tripwire = Tripwire;
+
+fn wait(pid: u32) -> i32 {
+    let mut st = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid as i32, &mut st, 0) };
+    st
+}
+
+#[test]
+fn no_allocation_between_fork_and_exec_and_exec_errors_come_back() {
+    // SAFETY: getpid cannot fail.
+    PARENT.store(unsafe { libc::getpid() }, Ordering::Relaxed);
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let noise = std::thread::spawn(move || {
+        let mut v: Vec<Vec<u8>> = Vec::new();
+        while !s2.load(Ordering::Relaxed) {
+            v.push(vec![0; 64]);
+            if v.len() > 1000 {
+                v.clear();
+            }
+        }
+    });
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let prog = resolve_program("true".as_ref()).expect("true in PATH");
+    let env = vec![("LISTEN_FDS".into(), "1".into())];
+    for _ in 0..200 {
+        let plan = SpawnPlan::prepare(&prog, &["true".into()], &env, &[l.as_fd()]).expect("plan");
+        let pid = spawn(plan).expect("spawn");
+        let st = wait(pid);
+        assert!(
+            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+            "child status {st:#x}: aborted in the child?"
+        );
+    }
+    // An exec failure is an error in the parent, with the errno.
+    let plan = SpawnPlan::prepare(
+        "/nonexistent/prog".as_ref(),
+        &["x".into()],
+        &env,
+        &[l.as_fd()],
+    )
+    .expect("plan");
+    let err = spawn(plan).expect_err("must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    stop.store(true, Ordering::Relaxed);
+    noise.join().expect("noise thread");
+}
