@@ -144,3 +144,13 @@ fn no_zombies_after_many_reloads() {
     let serving = h.ready(6);
     assert_eq!(kids, vec![serving], "children of handoff");
 }
+
+#[test]
+fn children_stop_when_handoff_is_killed() {
+    // No server may keep serving unsupervised: PR_SET_PDEATHSIG delivers SIGTERM.
+    let mut h = with_fixture(&[], &[]);
+    let p1 = h.ready(1);
+    h.signal(libc::SIGKILL);
+    assert_eq!(h.wait_exit(WAIT), 128 + libc::SIGKILL);
+    wait_until("child stopped after handoff died", WAIT, || !alive(p1));
+}
