@@ -7,11 +7,13 @@
 //! - `zero_drop`: two loopback clients hammer the server during reloads; 0 failures.
 //! - `cli_errors`: bad input gives one line, a non-zero status, and starts nothing.
 //! - `listeners`: listener forms (unix, udp, ipv6, names) and stale socket files.
+//! - `examples`: every example server in examples/ under handoff, reloaded under load.
 
 mod util;
 
 mod child_view;
 mod cli_errors;
+mod examples;
 mod lifecycle;
 mod listeners;
 mod reload;

@@ -1,0 +1,1 @@
+//! The examples in examples/, each run under handoff and reloaded under a short load.
