@@ -1,9 +1,10 @@
 //! The command line: clap definitions that parse straight into handoff-core's types.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use handoff_core::listen::ListenSpec;
 use handoff_core::signal::Signal;
 
@@ -11,7 +12,8 @@ const AFTER_HELP: &str = "\
 Examples:
   handoff --listen 127.0.0.1:8080 -- python3 examples/python/server.py
   handoff -l http=:80 -l admin=unix:/run/app/admin.sock --stop-signal QUIT -- nginx -g 'daemon off;'
-  kill -HUP $(pidof handoff)     # zero-downtime reload
+  handoff reload                 # zero-downtime reload; exit 0 once the new generation serves
+  kill -HUP $(pidof handoff)     # the same, without waiting for the outcome
 
 The child gets the sockets systemd-style: fds 3.., LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES,
 and NOTIFY_SOCKET for READY=1. See README.md for the full contract.";
@@ -22,8 +24,69 @@ and NOTIFY_SOCKET for READY=1. See README.md for the full contract.";
 /// and on SIGHUP starts a new generation on the same sockets, waits until it reports ready,
 /// then stops the old one and lets it drain.
 #[derive(Debug, Parser)]
-#[command(name = "handoff", version, after_help = AFTER_HELP)]
+#[command(
+    name = "handoff",
+    version = crate::VERSION,
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub sub: Option<Sub>,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Commands that talk to a running handoff.
+#[derive(Debug, Subcommand)]
+pub enum Sub {
+    /// Reload the running handoff and wait for the outcome: exit 0 when the new generation
+    /// serves and the old one was told to stop, 1 when the reload failed.
+    Reload {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Return as soon as the reload is requested.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Show the generations, listeners and the last reload.
+    Status {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the running handoff gracefully and wait until it has exited.
+    Stop {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Give up waiting after this long.
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+/// How a subcommand finds the running handoff.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// Its control socket [default: $RUNTIME_DIRECTORY/handoff.sock, else
+    /// $XDG_RUNTIME_DIR/handoff.sock, else /run/handoff.sock (root) or /tmp/handoff-UID.sock]
+    #[arg(long, value_name = "PATH", env = "HANDOFF_CONTROL")]
+    pub control: Option<PathBuf>,
+    /// Its pid file (written with --pid-file).
+    #[arg(long, value_name = "PATH", conflicts_with = "control")]
+    pub pid_file: Option<PathBuf>,
+}
+
+/// Running a server (the default command).
+#[derive(Debug, Args)]
+pub struct RunArgs {
     /// Socket to listen on and pass to the child, in order (fd 3, 4, ...). Repeatable.
     /// Forms: 127.0.0.1:8080, [::1]:8080, [::]:8080, :8080 (all interfaces), tcp://HOST:PORT,
     /// udp://HOST:PORT, unix:/path/app.sock. Prefix NAME= to name it in LISTEN_FDNAMES.
@@ -58,9 +121,62 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Control socket for `handoff reload|status|stop` (mode 0600; same user or root).
+    /// `none` disables it. [default: see `handoff status --help`; if another handoff already
+    /// uses the default, this one runs without a path socket and warns]
+    #[arg(long, value_name = "PATH", env = "HANDOFF_CONTROL")]
+    pub control: Option<PathBuf>,
+
+    /// Write handoff's pid to this file (atomically; removed at exit). Refuses to start if
+    /// the pid in it belongs to a running handoff.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+
+    /// Run the child as this user (name or uid); handoff binds first, as root if needed.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Run the child with this group (name or gid) [default: the user's primary group]
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+
+    /// Permissions of the unix socket files handoff creates, in octal.
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    pub socket_mode: Option<u32>,
+
+    /// Owner of the unix socket files handoff creates: USER, USER:GROUP or :GROUP.
+    #[arg(long, value_name = "USER:GROUP")]
+    pub socket_owner: Option<String>,
+
+    /// Run CMD (with sh -c) until it exits 0; the child is ready then. Its environment has
+    /// HANDOFF_CHILD_PID and HANDOFF_GENERATION. Aim it at something generation-specific.
+    #[arg(long, value_name = "CMD")]
+    pub ready_probe: Option<String>,
+
+    /// Time between two runs of --ready-probe.
+    #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = parse_duration)]
+    pub ready_probe_interval: Duration,
+
+    /// Reload when this file or directory (recursively) changes. Repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub watch: Vec<PathBuf>,
+
+    /// Quiet time after the last change before a --watch reload starts.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    pub watch_debounce: Duration,
+
     /// The server to run, with its arguments.
     #[arg(value_name = "COMMAND", required = true, last = true, num_args = 1..)]
     pub command: Vec<OsString>,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let m = u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("invalid mode \"{s}\": expected octal digits, e.g. 0660"))?;
+    if m > 0o7777 {
+        return Err(format!("invalid mode \"{s}\": at most 7777"));
+    }
+    Ok(m)
 }
 
 /// `--restart`.

@@ -15,15 +15,23 @@ use std::time::Instant;
 
 use handoff_core::notify::parse_notify;
 use handoff_core::signal::Signal;
-use handoff_core::supervisor::{Action, Event, GenId, Report, Supervisor, Target};
+use handoff_core::supervisor::{
+    Action, Event, GenId, Phase, Report, StartReason, Supervisor, Target,
+};
 use handoff_sys::listeners::Listener;
 use handoff_sys::notify_socket::{NotifySocket, Received, RuntimeDir};
+use handoff_sys::spawn::Creds;
 use handoff_sys::{kill, procfs, reaper, spawn};
+use sd_notify::NotifyState;
+use serde_json::{json, Value};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::logging;
+use crate::control::{self, Command, Incoming};
+use crate::sdnotify::SdNotify;
+use crate::{logging, pidfile};
 
 /// What the child runs and with which environment, fixed at start-up.
 pub struct ChildSpec {
@@ -31,6 +39,40 @@ pub struct ChildSpec {
     pub argv: Vec<OsString>,
     /// handoff's environment minus the variables that describe handoff's own sockets.
     pub base_env: Vec<(OsString, OsString)>,
+    /// `--user`/`--group`, resolved.
+    pub creds: Option<Creds>,
+}
+
+/// The control sockets handoff listens on.
+#[derive(Default)]
+pub struct ControlSockets {
+    pub listeners: Vec<std::os::unix::net::UnixListener>,
+    /// The socket file, removed at exit.
+    pub file: Option<control::SocketFile>,
+}
+
+/// The optional operational pieces of a run.
+pub struct Extras {
+    pub control: ControlSockets,
+    pub pid_file: Option<pidfile::Written>,
+    pub sd: Option<SdNotify>,
+    pub watcher: Option<Watcher>,
+    pub probe: Option<String>,
+}
+
+/// `--watch`: the file watcher (kept alive) and its events.
+pub struct Watcher {
+    _inner: notify::RecommendedWatcher,
+    rx: mpsc::UnboundedReceiver<()>,
+}
+
+/// The outcome of the last reload, for `status`.
+struct LastReload {
+    gen: GenId,
+    ok: bool,
+    duration: std::time::Duration,
+    message: String,
+    at: Instant,
 }
 
 pub struct Driver {
@@ -48,6 +90,19 @@ pub struct Driver {
     reload_rx: Option<Instant>,
     /// Set by `Action::Exit`.
     exit: Option<i32>,
+    extras: Extras,
+    started: Instant,
+    /// `handoff reload` clients waiting for the reload that will start next.
+    pending_waiters: Vec<oneshot::Sender<String>>,
+    /// ... and those waiting for a reload in flight, by generation.
+    waiters: HashMap<GenId, Vec<oneshot::Sender<String>>>,
+    /// Why a generation failed, for the reload reply.
+    fail_reasons: HashMap<GenId, String>,
+    last_reload: Option<LastReload>,
+    /// Running `--ready-probe` processes: pid → generation.
+    probes: HashMap<u32, GenId>,
+    /// READY=1 already sent to our own service manager.
+    sd_ready: bool,
 }
 
 impl Driver {
@@ -56,6 +111,7 @@ impl Driver {
         listeners: Vec<Listener>,
         child: ChildSpec,
         runtime_dir: RuntimeDir,
+        extras: Extras,
     ) -> Self {
         Self {
             sup,
@@ -67,11 +123,36 @@ impl Driver {
             ready_rx: None,
             reload_rx: None,
             exit: None,
+            extras,
+            started: Instant::now(),
+            pending_waiters: Vec::new(),
+            waiters: HashMap::new(),
+            fail_reasons: HashMap::new(),
+            last_reload: None,
+            probes: HashMap::new(),
+            sd_ready: false,
         }
     }
 
     /// Run until the state machine says to exit; returns the exit code.
     pub async fn run(mut self, mut sig: Signals) -> i32 {
+        let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<Incoming>();
+        for l in std::mem::take(&mut self.extras.control.listeners) {
+            tokio::spawn(control::serve(l, ctl_tx.clone()));
+        }
+        drop(ctl_tx);
+        let mut watch_rx = self
+            .extras
+            .watcher
+            .as_mut()
+            .map(|w| std::mem::replace(&mut w.rx, mpsc::unbounded_channel().1));
+        // The watchdog is fed from this loop: if the loop stalls, systemd notices.
+        let mut watchdog = self
+            .extras
+            .sd
+            .as_ref()
+            .and_then(|s| s.watchdog)
+            .map(tokio::time::interval);
         loop {
             self.drain_actions();
             if let Some(code) = self.exit {
@@ -104,6 +185,16 @@ impl Driver {
                 _ = sig.int.recv() => self.handle(Event::Shutdown { signal: Signal::INT }),
                 _ = sig.usr1.recv() => self.handle(Event::Forward { signal: Signal::USR1 }),
                 _ = sig.usr2.recv() => self.handle(Event::Forward { signal: Signal::USR2 }),
+                Some(inc) = ctl_rx.recv() => self.on_control(inc),
+                Some(()) = recv_opt(&mut watch_rx) => {
+                    while let Some(Ok(())) = watch_rx.as_mut().map(|r| r.try_recv()) {}
+                    self.handle(Event::FileChanged);
+                }
+                _ = tick_opt(&mut watchdog) => {
+                    if let Some(sd) = &self.extras.sd {
+                        sd.send(&[NotifyState::Watchdog]);
+                    }
+                }
                 _ = sleep => self.handle(Event::Timeout),
             }
         }
@@ -123,9 +214,18 @@ impl Driver {
     fn apply(&mut self, action: Action) {
         match action {
             Action::Spawn { gen } => {
+                if self.sup.start_reason(gen) == Some(StartReason::Reload) {
+                    // `handoff reload` clients waiting for "the next reload" wait for this one.
+                    let w = std::mem::take(&mut self.pending_waiters);
+                    self.waiters.entry(gen).or_default().extend(w);
+                    if let Some(sd) = &self.extras.sd {
+                        sd.reloading(&format!("reloading: starting generation {gen}"));
+                    }
+                }
                 let ev = self.spawn(gen);
                 self.handle(ev);
             }
+            Action::Probe { gen, pid } => self.run_probe(gen, pid),
             Action::Signal {
                 gen,
                 pid,
@@ -151,6 +251,7 @@ impl Driver {
                     }
                 }
                 self.notify.remove(&gen);
+                self.kill_probes(gen);
             }
             Action::Report(r) => self.report(&r),
             Action::Exit(code) => self.exit = Some(code),
@@ -187,9 +288,52 @@ impl Driver {
                     "sent {signal} to generation {gen} (pid {pid}): draining"
                 );
             }
-            Report::ReloadFinished { .. } => {
+            Report::ReloadFinished {
+                gen,
+                ok,
+                after,
+                serving,
+            } => {
                 self.ready_rx = None;
                 logging::report(r);
+                self.reload_finished(*gen, *ok, *after, *serving);
+            }
+            Report::Failed { gen, reason, .. } => {
+                self.fail_reasons.insert(*gen, reason.to_string());
+                self.kill_probes(*gen);
+                logging::report(r);
+            }
+            Report::Ready { gen, pid, .. } => {
+                logging::report(r);
+                self.kill_probes(*gen);
+                if let Some(sd) = &self.extras.sd {
+                    let status = format!("serving generation {gen} (pid {pid})");
+                    if self.sd_ready && self.sup.start_reason(*gen) != Some(StartReason::Reload) {
+                        sd.send(&[NotifyState::Status(&status)]);
+                    } else {
+                        // The first READY=1, or the end of a reload (after RELOADING=1).
+                        sd.send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+                    }
+                }
+                self.sd_ready = true;
+            }
+            Report::ShutdownStarted { .. } => {
+                logging::report(r);
+                if let Some(sd) = &self.extras.sd {
+                    sd.send(&[
+                        NotifyState::Stopping,
+                        NotifyState::Status("stopping: draining"),
+                    ]);
+                }
+                for w in self.pending_waiters.drain(..) {
+                    let _ = w.send(control::error_reply("handoff is shutting down"));
+                }
+            }
+            Report::ReloadIgnored => {
+                logging::report(r);
+                for w in self.pending_waiters.drain(..) {
+                    let _ = w.send(control::error_reply("handoff is shutting down"));
+                }
             }
             other => logging::report(other),
         }
@@ -215,9 +359,27 @@ impl Driver {
         }
         env.push(("NOTIFY_SOCKET".into(), sock.path().as_os_str().to_owned()));
         env.push(("HANDOFF_GENERATION".into(), gen.to_string().into()));
+        // Server::Starter's variables, so apps written for start_server (Starman,
+        // go-server-starter) run unchanged: "127.0.0.1:8080=3;/tmp/app.sock=4".
+        let starter: Vec<String> = self
+            .listeners
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| Some(format!("{}={}", l.starter_addr()?, 3 + i)))
+            .collect();
+        if !starter.is_empty() {
+            env.push(("SERVER_STARTER_PORT".into(), starter.join(";").into()));
+            env.push(("SERVER_STARTER_GENERATION".into(), gen.to_string().into()));
+        }
         let fds: Vec<BorrowedFd<'_>> = self.listeners.iter().map(|l| l.as_fd()).collect();
-        let plan = spawn::SpawnPlan::prepare(&self.child.program, &self.child.argv, &env, &fds)
-            .map_err(|e| format!("cannot prepare {}: {e}", self.child.program.display()))?;
+        let plan = spawn::SpawnPlan::prepare(
+            &self.child.program,
+            &self.child.argv,
+            &env,
+            &fds,
+            self.child.creds.clone(),
+        )
+        .map_err(|e| format!("cannot prepare {}: {e}", self.child.program.display()))?;
         let pid = spawn::spawn(plan)
             .map_err(|e| format!("cannot execute {}: {e}", self.child.program.display()))?;
         // SAFETY: NotifySocket owns its fd for its whole life and always returns the same one.
@@ -295,7 +457,12 @@ impl Driver {
         // handling one exit can then only target processes not yet reaped, whose pids cannot
         // have been reused.
         while let Some((pid, status)) = reaper::reap_one() {
-            self.handle(Event::Exited { pid, status });
+            if let Some(gen) = self.probes.remove(&pid) {
+                let ok = status == handoff_core::supervisor::ExitStatus::Exited(0);
+                self.handle(Event::ProbeResult { gen, ok });
+            } else {
+                self.handle(Event::Exited { pid, status });
+            }
             self.drain_actions();
         }
     }
@@ -303,6 +470,8 @@ impl Driver {
     /// Remove what handoff created and make sure no process of ours outlives us.
     fn cleanup(&mut self) {
         self.notify.clear();
+        self.extras.pid_file = None;
+        self.extras.control.file = None;
         for l in &self.listeners {
             if let Some(f) = &l.unix_file {
                 f.remove();
@@ -421,4 +590,299 @@ async fn poll_notify(
         }
     })
     .await
+}
+
+// ---- control requests, reload outcomes, probes ------------------------------------------
+
+impl Driver {
+    fn on_control(&mut self, inc: Incoming) {
+        let Incoming { req, reply } = inc;
+        match req.cmd {
+            Command::Status => {
+                let st = self.status_json();
+                let _ = reply
+                    .send(json!({"v": control::VERSION, "ok": true, "status": st}).to_string());
+            }
+            Command::Stop => {
+                let _ = reply.send(
+                    json!({"v": control::VERSION, "ok": true, "pid": std::process::id(), "message": "stopping"})
+                        .to_string(),
+                );
+                self.handle(Event::Shutdown {
+                    signal: Signal::TERM,
+                });
+            }
+            Command::Reload => {
+                if self.sup.is_shutting_down() {
+                    let _ = reply.send(control::error_reply("handoff is shutting down"));
+                    return;
+                }
+                if req.wait {
+                    self.pending_waiters.push(reply);
+                } else {
+                    let _ = reply.send(
+                        json!({"v": control::VERSION, "ok": true, "message": "reload requested"})
+                            .to_string(),
+                    );
+                }
+                self.reload_rx = Some(Instant::now());
+                self.handle(Event::Reload);
+            }
+        }
+    }
+
+    fn reload_finished(
+        &mut self,
+        gen: GenId,
+        ok: bool,
+        after: std::time::Duration,
+        serving: Option<(GenId, u32)>,
+    ) {
+        let message = if ok {
+            format!(
+                "reload finished: generation {gen} (pid {}) serving, ready after {:.0} ms",
+                serving.map_or(0, |s| s.1),
+                after.as_secs_f64() * 1e3
+            )
+        } else {
+            let why = self
+                .fail_reasons
+                .remove(&gen)
+                .unwrap_or_else(|| "did not take over".into());
+            match serving {
+                Some((sg, sp)) => {
+                    format!("new generation {gen} {why}; still serving generation {sg}, pid {sp}")
+                }
+                None => format!("new generation {gen} {why}; no generation is serving"),
+            }
+        };
+        if !ok {
+            if let Some(sd) = &self.extras.sd {
+                // systemd has no "reload failed" message: end the reload (READY=1) and say why in
+                // STATUS=; `handoff reload` (the shipped ExecReload) reports the failure itself.
+                sd.send(&[
+                    NotifyState::Ready,
+                    NotifyState::Status(&format!("reload failed: {message}")),
+                ]);
+            }
+        }
+        let line = json!({
+            "v": control::VERSION, "ok": ok, "gen": gen,
+            "serving_gen": serving.map(|s| s.0), "serving_pid": serving.map(|s| s.1),
+            "duration_ms": (after.as_secs_f64() * 1e4).round() / 10.0,
+            "message": if ok { Some(&message) } else { None },
+            "error": if ok { None } else { Some(&message) },
+        })
+        .to_string();
+        for w in self.waiters.remove(&gen).unwrap_or_default() {
+            let _ = w.send(line.clone());
+        }
+        self.last_reload = Some(LastReload {
+            gen,
+            ok,
+            duration: after,
+            message,
+            at: Instant::now(),
+        });
+    }
+
+    fn run_probe(&mut self, gen: GenId, pid: u32) {
+        let Some(cmd) = self.extras.probe.clone() else {
+            return;
+        };
+        let mut env = self.child.base_env.clone();
+        env.push(("HANDOFF_CHILD_PID".into(), pid.to_string().into()));
+        env.push(("HANDOFF_GENERATION".into(), gen.to_string().into()));
+        let argv: Vec<OsString> = vec!["sh".into(), "-c".into(), cmd.into()];
+        let res =
+            spawn::SpawnPlan::prepare(std::path::Path::new("/bin/sh"), &argv, &env, &[], None)
+                .and_then(spawn::spawn);
+        match res {
+            Ok(ppid) => {
+                self.probes.insert(ppid, gen);
+            }
+            Err(e) => {
+                warn!(
+                    event = "probe_error",
+                    gen, "cannot run the ready probe: {e}"
+                );
+                self.handle(Event::ProbeResult { gen, ok: false });
+            }
+        }
+    }
+
+    /// Stop probes of a generation that no longer needs them (not yet reaped: safe to signal).
+    fn kill_probes(&mut self, gen: GenId) {
+        for (&pid, _) in self.probes.iter().filter(|(_, g)| **g == gen) {
+            let _ = kill::signal_group(pid, Signal::KILL);
+        }
+    }
+
+    fn status_json(&self) -> Value {
+        let now = Instant::now();
+        let gens: Vec<Value> = self
+            .sup
+            .status(now)
+            .iter()
+            .map(|g| {
+                json!({
+                    "gen": g.gen,
+                    "pid": g.pid,
+                    "state": match g.phase {
+                        Phase::Spawning | Phase::Starting => "starting",
+                        Phase::Serving => "serving",
+                        Phase::Stopping => "draining",
+                        Phase::Killing => "killing",
+                    },
+                    "age_s": (g.age.as_secs_f64() * 10.0).round() / 10.0,
+                    "time_to_ready_ms": g.time_to_ready.map(|d| (d.as_secs_f64() * 1e4).round() / 10.0),
+                })
+            })
+            .collect();
+        let listeners: Vec<Value> = self
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| json!({"fd": 3 + i, "name": l.name, "addr": l.local, "kind": l.kind}))
+            .collect();
+        let last = self.last_reload.as_ref().map(|r| {
+            json!({
+                "gen": r.gen,
+                "result": if r.ok { "ok" } else { "failed" },
+                "duration_ms": (r.duration.as_secs_f64() * 1e4).round() / 10.0,
+                "message": r.message,
+                "ago_s": (now.duration_since(r.at).as_secs_f64() * 10.0).round() / 10.0,
+            })
+        });
+        json!({
+            "pid": std::process::id(),
+            "uptime_s": (now.duration_since(self.started).as_secs_f64() * 10.0).round() / 10.0,
+            "serving": self.sup.serving().map(|(g, p)| json!({"gen": g, "pid": p})),
+            "generations": gens,
+            "listeners": listeners,
+            "reloads": self.sup.reload_count(),
+            "last_reload": last,
+        })
+    }
+}
+
+/// `handoff status` as text.
+pub fn status_text(v: &Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "handoff pid {}, up {}s, {} reload(s)",
+        v["pid"], v["uptime_s"], v["reloads"]
+    );
+    let _ = writeln!(out, "generations:");
+    for g in v["generations"].as_array().into_iter().flatten() {
+        let ready = g["time_to_ready_ms"]
+            .as_f64()
+            .map(|m| format!(", ready in {m} ms"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {:>4}  pid {:<8} {:<9} age {}s{ready}",
+            g["gen"],
+            g["pid"],
+            g["state"].as_str().unwrap_or("?"),
+            g["age_s"]
+        );
+    }
+    let _ = writeln!(out, "listeners:");
+    for l in v["listeners"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  fd {}  {:<8} {}",
+            l["fd"],
+            l["name"].as_str().unwrap_or(""),
+            l["addr"].as_str().unwrap_or("")
+        );
+    }
+    match v["last_reload"].as_object() {
+        Some(r) => {
+            let _ = writeln!(
+                out,
+                "last reload: {} ({} ms, {}s ago): {}",
+                r["result"].as_str().unwrap_or("?"),
+                r["duration_ms"],
+                r["ago_s"],
+                r["message"].as_str().unwrap_or("")
+            );
+        }
+        None => {
+            let _ = writeln!(out, "last reload: none");
+        }
+    }
+    out
+}
+
+/// Start watching `paths` for `--watch`. A file is watched through its directory, so that a
+/// deploy replacing it by rename (the usual atomic way) is still seen.
+pub fn watch(paths: &[PathBuf]) -> Result<Option<Watcher>, String> {
+    use notify::{EventKind, RecursiveMode, Watcher as _};
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    let files: Vec<PathBuf> = paths
+        .iter()
+        .filter(|p| !p.is_dir())
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+        .collect();
+    let dirs: Vec<PathBuf> = paths
+        .iter()
+        .filter(|p| p.is_dir())
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+        .collect();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (f2, d2) = (files.clone(), dirs.clone());
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(ev) = res else { return };
+        // Reads (opening a config file, running a binary) are not changes.
+        if matches!(
+            ev.kind,
+            EventKind::Access(notify::event::AccessKind::Close(
+                notify::event::AccessMode::Write
+            ))
+        ) || matches!(
+            ev.kind,
+            EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
+        ) {
+            let relevant = ev
+                .paths
+                .iter()
+                .any(|p| f2.iter().any(|f| f == p) || d2.iter().any(|d| p.starts_with(d)));
+            if relevant {
+                let _ = tx.send(());
+            }
+        }
+    })
+    .map_err(|e| format!("cannot watch files: {e}"))?;
+    for d in &dirs {
+        w.watch(d, RecursiveMode::Recursive)
+            .map_err(|e| format!("cannot watch {}: {e}", d.display()))?;
+    }
+    for f in &files {
+        let parent = f.parent().unwrap_or(std::path::Path::new("/"));
+        w.watch(parent, RecursiveMode::NonRecursive)
+            .map_err(|e| format!("cannot watch {}: {e}", f.display()))?;
+    }
+    Ok(Some(Watcher { _inner: w, rx }))
+}
+
+async fn recv_opt(rx: &mut Option<mpsc::UnboundedReceiver<()>>) -> Option<()> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn tick_opt(t: &mut Option<tokio::time::Interval>) {
+    match t {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }

@@ -35,22 +35,36 @@ fn main() {
     let (mut bind, mut ready_delay) = (None, 0u64);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| usage(&format!("{arg} needs a value")));
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{arg} needs a value")))
+        };
         match arg.as_str() {
             "--bind" => bind = Some(value()),
             "--ready-delay-ms" => {
-                ready_delay = value().parse().unwrap_or_else(|_| usage("bad --ready-delay-ms"))
+                ready_delay = value()
+                    .parse()
+                    .unwrap_or_else(|_| usage("bad --ready-delay-ms"))
             }
             _ => usage(&format!("unknown argument {arg}")),
         }
     }
     let listener = match (bind, std::env::var("LISTEN_FDS")) {
-        (Some(addr), _) => TcpListener::bind(&addr).unwrap_or_else(|e| usage(&format!("{e}"))),
+        (Some(addr), _) => {
+            let l = TcpListener::bind(&addr).unwrap_or_else(|e| usage(&format!("{addr}: {e}")));
+            // With port 0 the caller learns the port from this line (bench/ relies on it).
+            let local = l.local_addr().expect("local_addr");
+            eprintln!("http-server: listening on {local}");
+            l
+        }
         (None, Ok(n)) => {
             // Like sd_listen_fds(): the fds are ours only if LISTEN_PID names this process.
             let pid = std::env::var("LISTEN_PID").unwrap_or_default();
             if pid != std::process::id().to_string() {
-                eprintln!("http-server: LISTEN_PID={pid} is not our pid {}", std::process::id());
+                eprintln!(
+                    "http-server: LISTEN_PID={pid} is not our pid {}",
+                    std::process::id()
+                );
                 std::process::exit(97);
             }
             if n.parse::<u32>().unwrap_or(0) < 1 {
@@ -66,7 +80,12 @@ fn main() {
     listener.set_nonblocking(true).expect("set_nonblocking");
     for sig in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(sig, on_stop as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+        unsafe {
+            libc::signal(
+                sig,
+                on_stop as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            )
+        };
     }
 
     // Pretend to load config / warm caches. The socket already listens, so connections wait
@@ -91,7 +110,11 @@ fn main() {
         std::process::id()
     );
     let body: &'static str = Box::leak(body.into_boxed_str());
-    let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     while !STOP.load(SeqCst) {
         // SAFETY: one valid pollfd; a signal interrupts poll() with EINTR, which is fine.
         unsafe { libc::poll(&mut pfd, 1, TICK.as_millis() as libc::c_int) };
@@ -134,7 +157,8 @@ fn serve(mut stream: TcpStream, body: &str) -> std::io::Result<()> {
         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
             buf.drain(..end + 4);
-            let wants_close = head.contains("\r\nconnection: close") || head.ends_with("http/1.0");
+            let http10 = head.lines().next().is_some_and(|l| l.ends_with("http/1.0"));
+            let wants_close = http10 || head.contains("\r\nconnection: close");
             let close = wants_close || STOP.load(SeqCst);
             let (status, text) = if head.starts_with("get / ") || head.starts_with("head / ") {
                 ("200 OK", body)

@@ -93,6 +93,11 @@ impl Builder {
         self.dir.path()
     }
 
+    /// The control socket this handoff will use.
+    pub fn control(&self) -> PathBuf {
+        self.dir.path().join("control.sock")
+    }
+
     pub fn start(mut self) -> Handoff {
         self.cmd
             .stdout(Stdio::null())
@@ -235,6 +240,25 @@ impl Handoff {
     pub fn ready(&self, gen: u64) -> u32 {
         let v = self.wait("ready", &[("gen", gen.into())]);
         v["pid"].as_u64().expect("pid") as u32
+    }
+
+    /// The control socket of this handoff.
+    pub fn control(&self) -> PathBuf {
+        self.dir.path().join("control.sock")
+    }
+
+    /// Run `handoff ARGS` (a subcommand) against this instance; (exit code, stdout, stderr).
+    pub fn cmd(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("HANDOFF_CONTROL", self.control())
+            .output()
+            .expect("run handoff subcommand");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     pub fn signal(&self, sig: i32) {

@@ -96,6 +96,10 @@ pub struct Policy {
     pub backoff_reset_after: Duration,
     /// How long to wait for a process group to die after SIGKILL before giving up on it.
     pub kill_wait: Duration,
+    /// Run a readiness probe at this interval while a child starts (`--ready-probe`).
+    pub probe_interval: Option<Duration>,
+    /// Quiet time after the last watched-file change before reloading (`--watch-debounce`).
+    pub watch_debounce: Duration,
 }
 
 impl Default for Policy {
@@ -110,6 +114,8 @@ impl Default for Policy {
             backoff_max: Duration::from_secs(10),
             backoff_reset_after: Duration::from_secs(10),
             kill_wait: Duration::from_secs(5),
+            probe_interval: None,
+            watch_debounce: Duration::from_millis(500),
         }
     }
 }
@@ -133,6 +139,10 @@ pub enum Event {
     Exited { pid: Pid, status: ExitStatus },
     /// `poll_timeout()` has passed.
     Timeout,
+    /// A `--ready-probe` run for `gen` finished; `ok` when it exited 0.
+    ProbeResult { gen: GenId, ok: bool },
+    /// A watched file changed (`--watch`); reloads after the debounce delay.
+    FileChanged,
 }
 
 /// Whom a signal is for.
@@ -161,6 +171,9 @@ pub enum Action {
     /// that outlived their master; `None` when no process was started), then drain and
     /// release the generation's notify socket.
     Release { gen: GenId, pgid: Option<Pid> },
+    /// Run the readiness probe for `gen` (whose main process is `pid`) and answer with
+    /// `ProbeResult`.
+    Probe { gen: GenId, pid: Pid },
     /// A fact worth logging; also what `handoff reload` and `status` report.
     Report(Report),
     /// handoff is done: clean up and exit with this code.
@@ -338,8 +351,12 @@ enum Timer {
     KillDeadline(GenId),
     /// SIGKILL sent long ago and still not reaped: give up on it.
     ReapDeadline(GenId),
+    /// Next run of the readiness probe.
+    Probe(GenId),
     /// Back-off before replacing a crashed child.
     Restart,
+    /// Watched files are quiet again: reload.
+    WatchDebounce,
 }
 
 impl Timer {
@@ -348,8 +365,9 @@ impl Timer {
             Self::ReadyAfter(g)
             | Self::ReadyDeadline(g)
             | Self::KillDeadline(g)
-            | Self::ReapDeadline(g) => Some(g),
-            Self::Restart => None,
+            | Self::ReapDeadline(g)
+            | Self::Probe(g) => Some(g),
+            Self::Restart | Self::WatchDebounce => None,
         }
     }
 }
@@ -418,6 +436,14 @@ impl Supervisor {
             Event::Notify { gen, msg } => self.on_notify(gen, &msg, now),
             Event::Exited { pid, status } => self.on_exited(pid, status, now),
             Event::Timeout => self.on_timeout(now),
+            Event::ProbeResult { gen, ok } => self.on_probe_result(gen, ok, now),
+            Event::FileChanged => {
+                if self.shutdown.is_none() {
+                    // Trailing debounce: a burst of writes gives one reload, after it ends.
+                    self.timers
+                        .insert(Timer::WatchDebounce, now + self.policy.watch_debounce);
+                }
+            }
         }
         self.check_finished();
     }
@@ -452,6 +478,16 @@ impl Supervisor {
             .iter()
             .find(|g| matches!(g.phase, Phase::Spawning | Phase::Starting))
             .map(|g| g.id)
+    }
+
+    /// Why generation `gen` was started.
+    pub fn start_reason(&self, gen: GenId) -> Option<StartReason> {
+        self.find(gen).map(|i| self.gens[i].reason)
+    }
+
+    /// Whether a shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_some()
     }
 
     /// Number of reloads started so far.
@@ -524,6 +560,7 @@ impl Supervisor {
                 });
                 self.pending_reload = false;
                 self.timers.remove(&Timer::Restart);
+                self.timers.remove(&Timer::WatchDebounce);
                 // First report the interrupted start (while the old generation still counts
                 // as serving), then tell everyone to stop.
                 if let Some(i) = self.gens.iter().position(|g| g.phase == Phase::Starting) {
@@ -685,6 +722,18 @@ impl Supervisor {
         }
     }
 
+    fn on_probe_result(&mut self, gen: GenId, ok: bool, now: Instant) {
+        let Some(i) = self.find(gen) else { return };
+        if self.gens[i].phase != Phase::Starting {
+            return;
+        }
+        if ok {
+            self.become_ready(i, now);
+        } else if let Some(every) = self.policy.probe_interval {
+            self.timers.insert(Timer::Probe(gen), now + every);
+        }
+    }
+
     fn on_timeout(&mut self, now: Instant) {
         // Handle expired timers in deadline order; each handler may arm or disarm others.
         while let Some((timer, _)) = self
@@ -699,6 +748,13 @@ impl Supervisor {
             match (timer, idx) {
                 (Timer::Restart, _) if self.shutdown.is_none() && self.starting().is_none() => {
                     self.start_generation(StartReason::Restart, now);
+                }
+                (Timer::WatchDebounce, _) => self.on_reload(now),
+                (Timer::Probe(gen), Some(i)) if self.gens[i].phase == Phase::Starting => {
+                    // Not re-armed here: the next run is scheduled when this one reports.
+                    if let Some(pid) = self.gens[i].pid {
+                        self.actions.push_back(Action::Probe { gen, pid });
+                    }
                 }
                 (Timer::ReadyAfter(_), Some(i)) if self.gens[i].phase == Phase::Starting => {
                     self.become_ready(i, now);
@@ -898,6 +954,10 @@ impl Supervisor {
                     .insert(Timer::ReadyDeadline(gen), now + self.policy.ready_timeout);
                 if let Some(d) = self.policy.ready_after {
                     self.timers.insert(Timer::ReadyAfter(gen), now + d);
+                }
+                if self.policy.probe_interval.is_some() {
+                    // First probe at once: a fast child should not wait a whole interval.
+                    self.timers.insert(Timer::Probe(gen), now);
                 }
             }
             Phase::Stopping => {

@@ -18,8 +18,6 @@ use socket2::{Domain, SockAddr, Socket, Type};
 /// A bound, listening socket.
 #[derive(Debug)]
 pub struct Listener {
-    /// What the user asked for.
-    pub spec: ListenSpec,
     /// The name passed in `LISTEN_FDNAMES`.
     pub name: String,
     /// Where it actually listens (the real port when 0 was asked for).
@@ -28,7 +26,110 @@ pub struct Listener {
     pub unix_file: Option<UnixFile>,
     /// `tcp`, `udp` or `unix`.
     pub kind: &'static str,
+    /// Received from handoff's own parent (a systemd socket unit) rather than bound.
+    pub inherited: bool,
     fd: OwnedFd,
+}
+
+impl Listener {
+    /// A socket handoff received through socket activation (`LISTEN_FDS` for its own pid).
+    pub fn from_inherited(fd: OwnedFd, name: String) -> io::Result<Self> {
+        let s = socket2::SockRef::from(&fd);
+        let ty = s.r#type()?;
+        let addr = s.local_addr()?;
+        let (kind, local) = if let Some(sa) = addr.as_socket() {
+            if ty == Type::DGRAM {
+                ("udp", format!("udp://{sa}"))
+            } else {
+                ("tcp", sa.to_string())
+            }
+        } else if let Some(p) = addr.as_pathname() {
+            ("unix", format!("unix:{}", p.display()))
+        } else {
+            ("unix", "unix:(unnamed)".to_string())
+        };
+        // CLOEXEC in handoff: only the spawn code passes copies on.
+        // SAFETY: plain fcntl on an fd we own.
+        unsafe {
+            libc::fcntl(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                libc::F_SETFD,
+                libc::FD_CLOEXEC,
+            )
+        };
+        Ok(Self {
+            name,
+            local,
+            unix_file: None,
+            kind,
+            inherited: true,
+            fd,
+        })
+    }
+
+    /// The address in Server::Starter's `SERVER_STARTER_PORT` form (`HOST:PORT` or a path).
+    pub fn starter_addr(&self) -> Option<String> {
+        match self.kind {
+            "tcp" => Some(self.local.clone()),
+            "unix" => self.local.strip_prefix("unix:").map(str::to_string),
+            _ => None,
+        }
+    }
+}
+
+/// Sockets handoff itself received by socket activation, with their names. Only when
+/// `LISTEN_PID` is handoff's own pid, as libsystemd checks.
+pub fn take_inherited() -> Vec<(OwnedFd, String)> {
+    let pid_ok = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    let n: i32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if !pid_ok || n <= 0 {
+        return Vec::new();
+    }
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .map(|s| s.split(':').map(str::to_string).collect())
+        .unwrap_or_default();
+    (0..n)
+        .filter_map(|i| {
+            let fd = 3 + i;
+            // SAFETY: F_GETFD only checks that the fd is open.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return None;
+            }
+            // SAFETY: the socket-activation contract hands fds 3..3+n to this process.
+            let owned = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+            let name = names
+                .get(i as usize)
+                .filter(|n| !n.is_empty())
+                .cloned()
+                .unwrap_or_else(|| "unknown".into());
+            Some((owned, name))
+        })
+        .collect()
+}
+
+/// Apply `--socket-mode` and `--socket-owner` to a unix socket file handoff created.
+pub fn set_unix_access(
+    l: &Listener,
+    mode: Option<u32>,
+    owner: Option<(Option<u32>, Option<u32>)>,
+) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(f) = &l.unix_file else { return Ok(()) };
+    if let Some(m) = mode {
+        std::fs::set_permissions(&f.path, std::fs::Permissions::from_mode(m))
+            .map_err(|e| format!("cannot set the mode of {}: {e}", f.path.display()))?;
+    }
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(&f.path, uid, gid)
+            .map_err(|e| format!("cannot set the owner of {}: {e}", f.path.display()))?;
+    }
+    Ok(())
 }
 
 /// A socket file handoff created; removed at exit only if it is still the same file.
@@ -110,11 +211,11 @@ pub fn bind(spec: &ListenSpec, backlog: i32) -> Result<Listener, BindError> {
             let udp = matches!(spec.addr, ListenAddr::Udp(_));
             let (sock, local) = bind_inet(a, udp, backlog).map_err(|e| err(e, Some(a.port)))?;
             Ok(Listener {
-                spec: spec.clone(),
                 name,
                 local,
                 unix_file: None,
                 kind: if udp { "udp" } else { "tcp" },
+                inherited: false,
                 fd: sock.into(),
             })
         }
@@ -124,11 +225,11 @@ pub fn bind(spec: &ListenSpec, backlog: i32) -> Result<Listener, BindError> {
                 cause: e,
             })?;
             Ok(Listener {
-                spec: spec.clone(),
                 name,
                 local: format!("unix:{}", path.display()),
                 unix_file: Some(file),
                 kind: "unix",
+                inherited: false,
                 fd: sock.into(),
             })
         }

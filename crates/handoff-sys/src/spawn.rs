@@ -91,6 +91,52 @@ pub fn resolve_program(program: &OsStr) -> Result<PathBuf, String> {
     ))
 }
 
+/// The identity a child runs as (`--user`/`--group`), resolved before any fork.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Creds {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+/// Resolve `--user` (name or uid) and `--group` (name or gid) through the user database.
+pub fn resolve_creds(user: &str, group: Option<&str>) -> Result<(Creds, String, PathBuf), String> {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let u = match user.parse::<u32>() {
+        Ok(n) => User::from_uid(Uid::from_raw(n)),
+        Err(_) => User::from_name(user),
+    }
+    .map_err(|e| format!("cannot look up user {user}: {e}"))?
+    .ok_or_else(|| format!("unknown user {user} (not in the user database)"))?;
+    let gid = match group {
+        None => u.gid.as_raw(),
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => Group::from_name(g)
+                .map_err(|e| format!("cannot look up group {g}: {e}"))?
+                .ok_or_else(|| format!("unknown group {g} (not in the group database)"))?
+                .gid
+                .as_raw(),
+        },
+    };
+    let cname = CString::new(u.name.as_bytes()).map_err(|_| "bad user name".to_string())?;
+    let mut groups: Vec<u32> = nix::unistd::getgrouplist(&cname, Gid::from_raw(gid))
+        .map(|v| v.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_else(|_| vec![gid]);
+    groups.sort_unstable();
+    groups.dedup();
+    Ok((
+        Creds {
+            uid: u.uid.as_raw(),
+            gid,
+            groups,
+        },
+        u.name,
+        u.dir,
+    ))
+}
+
 /// Everything the post-fork code needs, allocated in the parent.
 ///
 /// The raw pointers point into the `CString` heap buffers owned by the same struct, which
@@ -107,6 +153,7 @@ pub struct SpawnPlan {
     sources: Vec<OwnedFd>,
     source_fds: Vec<RawFd>,
     parent_pid: libc::pid_t,
+    creds: Option<Creds>,
 }
 
 // SAFETY: the raw pointers only point into buffers owned by the plan itself; nothing is shared.
@@ -123,6 +170,7 @@ impl SpawnPlan {
         argv: &[OsString],
         env: &[(OsString, OsString)],
         listeners: &[BorrowedFd<'_>],
+        creds: Option<Creds>,
     ) -> io::Result<Self> {
         let cstr = |b: &[u8]| {
             CString::new(b).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte"))
@@ -175,6 +223,7 @@ impl SpawnPlan {
             source_fds,
             // SAFETY: getpid never fails.
             parent_pid: unsafe { libc::getpid() },
+            creds,
         })
     }
 
@@ -258,9 +307,25 @@ unsafe fn child_exec(plan: &mut SpawnPlan) -> io::Result<()> {
             }
         }
 
+        // 2a. Drop privileges: supplementary groups, then gid, then uid (the reverse order
+        //     would leave no permission to change the groups). A child that would still be
+        //     root after a requested drop is never started.
+        if let Some(c) = &plan.creds {
+            if libc::setgroups(c.groups.len(), c.groups.as_ptr()) != 0
+                || libc::setgid(c.gid) != 0
+                || libc::setuid(c.uid) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            if c.uid != 0 && (libc::getuid() == 0 || libc::geteuid() == 0) {
+                return Err(io::Error::from_raw_os_error(libc::EPERM));
+            }
+        }
+
         // 2. If handoff dies (even SIGKILL), the child is told to stop rather than serve on
         //    unsupervised. The thread that forked is handoff's main thread, which lives as
-        //    long as handoff, so the per-thread semantics of PDEATHSIG are safe here.
+        //    long as handoff, so the per-thread semantics of PDEATHSIG are safe here. Set
+        //    after the uid change, which would clear it.
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
         if libc::getppid() != plan.parent_pid {
             libc::_exit(1);

@@ -67,7 +67,8 @@ fn no_allocation_between_fork_and_exec_and_exec_errors_come_back() {
     let prog = resolve_program("true".as_ref()).expect("true in PATH");
     let env = vec![("LISTEN_FDS".into(), "1".into())];
     for _ in 0..200 {
-        let plan = SpawnPlan::prepare(&prog, &["true".into()], &env, &[l.as_fd()]).expect("plan");
+        let plan =
+            SpawnPlan::prepare(&prog, &["true".into()], &env, &[l.as_fd()], None).expect("plan");
         let pid = spawn(plan).expect("spawn");
         let st = wait(pid);
         assert!(
@@ -81,6 +82,7 @@ fn no_allocation_between_fork_and_exec_and_exec_errors_come_back() {
         &["x".into()],
         &env,
         &[l.as_fd()],
+        None,
     )
     .expect("plan");
     let err = spawn(plan).expect_err("must fail");

@@ -713,6 +713,52 @@ fn unkillable_first_generation_is_given_up_and_replaced() {
 }
 
 #[test]
+fn ready_probe_runs_until_it_succeeds() {
+    let policy = Policy {
+        probe_interval: Some(ms(250)),
+        ..Policy::default()
+    };
+    let (mut h, _) = Harness::new(policy);
+    h.spawned(1, 100);
+    let a = h.advance(Duration::ZERO);
+    assert_eq!(
+        a,
+        vec![Action::Probe { gen: 1, pid: 100 }],
+        "first probe at once"
+    );
+    assert!(h.ev(Event::ProbeResult { gen: 1, ok: false }).is_empty());
+    assert!(h.advance(ms(249)).is_empty());
+    let a = h.advance(ms(1));
+    assert_eq!(a, vec![Action::Probe { gen: 1, pid: 100 }]);
+    let a = h.ev(Event::ProbeResult { gen: 1, ok: true });
+    assert!(matches!(reports(&a)[..], [Report::Ready { gen: 1, .. }]));
+    // No further probes once ready, and a late result changes nothing.
+    assert_eq!(h.sup.poll_timeout(), None);
+    assert!(h.ev(Event::ProbeResult { gen: 1, ok: true }).is_empty());
+}
+
+#[test]
+fn a_burst_of_file_changes_gives_one_reload_after_the_quiet_time() {
+    let mut h = Harness::serving();
+    for _ in 0..50 {
+        assert!(h.ev(Event::FileChanged).is_empty());
+        h.now += ms(10);
+    }
+    assert!(
+        h.advance(ms(489)).is_empty(),
+        "500 ms after the last change, not before"
+    );
+    let a = h.advance(ms(1));
+    assert_eq!(spawns(&a), vec![2]);
+    // Changes during the reload coalesce into one more.
+    h.ev(Event::FileChanged);
+    let a = h.fire();
+    assert!(spawns(&a).is_empty());
+    h.spawned(2, 200);
+    assert_eq!(spawns(&h.ready(2)), vec![3]);
+}
+
+#[test]
 fn status_snapshot_lists_generations() {
     let mut h = Harness::serving();
     h.reload();

@@ -1,0 +1,318 @@
+//! The control socket: `handoff reload | status | stop` talk to a running handoff over a unix
+//! stream socket with a small line-delimited JSON protocol.
+//!
+//! Protocol version 1. The client sends one line, `{"v":1,"cmd":"reload","wait":true}`; the
+//! server answers with one line, `{"v":1,"ok":true,...}` or `{"v":1,"ok":false,"error":"..."}`.
+//! `stop` answers at once, then keeps the connection open until handoff exits, so the client
+//! can wait for the end. Requests longer than [`MAX_REQUEST`] or malformed get an error reply.
+//!
+//! Who may connect: the same uid as handoff, or root (checked with SO_PEERCRED); the socket
+//! file is mode 0600 as well.
+//!
+//! Every handoff also listens on the abstract address `@handoff-control-PID`, which is how
+//! `--pid-file` finds it without knowing the path it was started with.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{SocketAddr, UnixListener as StdListener, UnixStream as StdStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+/// Protocol version spoken by this build.
+pub const VERSION: u32 = 1;
+/// Longest request line accepted.
+pub const MAX_REQUEST: usize = 4096;
+
+/// A client request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Request {
+    pub v: u32,
+    pub cmd: Command,
+    /// For `reload`: answer when the outcome is known (default), or at once.
+    #[serde(default = "yes")]
+    pub wait: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Command {
+    Reload,
+    Status,
+    Stop,
+}
+
+/// Parse one request line; the error is the reply's text.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    if line.len() > MAX_REQUEST {
+        return Err(format!("request too long (limit {MAX_REQUEST} bytes)"));
+    }
+    let req: Request =
+        serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))?;
+    if req.v != VERSION {
+        return Err(format!(
+            "unsupported protocol version {} (this handoff speaks {VERSION})",
+            req.v
+        ));
+    }
+    Ok(req)
+}
+
+/// An error reply line.
+pub fn error_reply(msg: &str) -> String {
+    serde_json::json!({ "v": VERSION, "ok": false, "error": msg }).to_string()
+}
+
+/// A request on its way to the event loop, with where to send the answer.
+pub struct Incoming {
+    pub req: Request,
+    pub reply: oneshot::Sender<String>,
+}
+
+/// The address a `--pid-file` client derives from the pid.
+pub fn abstract_addr(pid: u32) -> io::Result<SocketAddr> {
+    SocketAddr::from_abstract_name(format!("handoff-control-{pid}").as_bytes())
+}
+
+/// Where the control socket is when `--control` is not given: `$RUNTIME_DIRECTORY` (systemd's
+/// `RuntimeDirectory=`), else `$XDG_RUNTIME_DIR`, else `/run` for root, else `/tmp`.
+pub fn default_path() -> PathBuf {
+    let dir = std::env::var_os("RUNTIME_DIRECTORY")
+        .and_then(|d| {
+            d.to_str()
+                .and_then(|s| s.split(':').next())
+                .map(PathBuf::from)
+        })
+        .or_else(|| std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from));
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    match dir {
+        Some(d) => d.join("handoff.sock"),
+        None if uid == 0 => PathBuf::from("/run/handoff.sock"),
+        None => PathBuf::from(format!("/tmp/handoff-{uid}.sock")),
+    }
+}
+
+/// A control socket file handoff created, removed when dropped if it is still the same file.
+pub struct SocketFile {
+    path: PathBuf,
+    ino: u64,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Whether a live server answers at `path`.
+fn in_use(path: &Path) -> bool {
+    StdStream::connect(path).is_ok()
+}
+
+/// Bind the control socket at `path` (mode 0600). A stale file is replaced; a live one is an
+/// error naming the path.
+pub fn bind_path(path: &Path) -> Result<(StdListener, SocketFile), String> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(format!(
+                "cannot use control socket {}: the path exists and is not a socket",
+                path.display()
+            ))
+        }
+        Ok(_) if in_use(path) => return Err(format!(
+            "control socket {} is in use by another handoff; give this one its own --control PATH",
+            path.display()
+        )),
+        Ok(_) => {
+            let _ = std::fs::remove_file(path);
+        }
+        Err(_) => {}
+    }
+    // Mode 0600 from the start: no window in which another user could connect.
+    // SAFETY: umask is a plain syscall; handoff is single-threaded here.
+    let old = unsafe { libc::umask(0o177) };
+    let res = StdListener::bind(path);
+    // SAFETY: restores the previous mask.
+    unsafe { libc::umask(old) };
+    let l = res.map_err(|e| format!("cannot create control socket {}: {e}", path.display()))?;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    let ino = std::fs::symlink_metadata(path)
+        .map(|m| m.ino())
+        .unwrap_or(0);
+    Ok((
+        l,
+        SocketFile {
+            path: path.to_path_buf(),
+            ino,
+        },
+    ))
+}
+
+/// Bind this process's abstract control address.
+pub fn bind_abstract() -> io::Result<StdListener> {
+    StdListener::bind_addr(&abstract_addr(std::process::id())?)
+}
+
+/// Accept connections on `listener` forever, handing requests to `tx`.
+pub async fn serve(listener: StdListener, tx: mpsc::UnboundedSender<Incoming>) {
+    if listener.set_nonblocking(true).is_err() {
+        return;
+    }
+    let Ok(listener) = UnixListener::from_std(listener) else {
+        return;
+    };
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(connection(stream, tx.clone()));
+    }
+}
+
+async fn connection(mut stream: UnixStream, tx: mpsc::UnboundedSender<Incoming>) {
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let allowed = stream
+        .peer_cred()
+        .is_ok_and(|c| c.uid() == me || c.uid() == 0);
+    if !allowed {
+        let msg = error_reply(
+            "permission denied: only the user running handoff, or root, may control it",
+        );
+        let _ = stream.write_all(format!("{msg}\n").as_bytes()).await;
+        return;
+    }
+    let (rd, mut wr) = stream.split();
+    // Bounded read: at most MAX_REQUEST + 1 bytes, within 5 s.
+    let mut rd =
+        tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(rd, MAX_REQUEST as u64 + 1));
+    let mut line = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), rd.read_until(b'\n', &mut line)).await;
+    let reply = match read {
+        Err(_) => Some(error_reply("timed out waiting for a request")),
+        Ok(Err(e)) => Some(error_reply(&format!("read error: {e}"))),
+        Ok(Ok(_)) => {
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            }
+            match parse_request(&line) {
+                Err(e) => Some(error_reply(&e)),
+                Ok(req) => {
+                    let stop = req.cmd == Command::Stop;
+                    let (otx, orx) = oneshot::channel();
+                    if tx.send(Incoming { req, reply: otx }).is_err() {
+                        Some(error_reply("handoff is exiting"))
+                    } else {
+                        let r = orx.await.ok();
+                        if stop {
+                            // Keep the connection until handoff exits: the client waits for EOF.
+                            if let Some(r) = &r {
+                                let _ = wr.write_all(format!("{r}\n").as_bytes()).await;
+                            }
+                            std::future::pending::<()>().await;
+                        }
+                        r
+                    }
+                }
+            }
+        }
+    };
+    if let Some(r) = reply {
+        let _ = wr.write_all(format!("{r}\n").as_bytes()).await;
+    }
+}
+
+// ---- client side (handoff reload | status | stop) ---------------------------------------
+
+/// Where a subcommand finds the running handoff.
+pub enum Target {
+    Path(PathBuf),
+    Pid(u32, PathBuf),
+}
+
+impl Target {
+    fn describe(&self) -> String {
+        match self {
+            Self::Path(p) => format!("control socket {}", p.display()),
+            Self::Pid(pid, f) => format!("pid {pid} (from {})", f.display()),
+        }
+    }
+
+    fn connect(&self) -> Result<StdStream, String> {
+        let res = match self {
+            Self::Path(p) => StdStream::connect(p),
+            Self::Pid(pid, _) => abstract_addr(*pid).and_then(|a| StdStream::connect_addr(&a)),
+        };
+        res.map_err(|e| {
+            let why = match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ECONNREFUSED) => {
+                    "nothing is listening there".to_string()
+                }
+                Some(libc::EACCES) => "permission denied".to_string(),
+                _ => e.to_string(),
+            };
+            format!("no handoff is running at {} ({why})", self.describe())
+        })
+    }
+}
+
+/// Read a pid file written by `--pid-file`.
+pub fn read_pid_file(path: &Path) -> Result<u32, String> {
+    let s = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read pid file {}: {e}", path.display()))?;
+    s.lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .filter(|&p: &u32| p > 0)
+        .ok_or_else(|| format!("pid file {} does not hold a pid", path.display()))
+}
+
+/// Send `req`; return the reply, parsed. With `until_eof`, also wait for the server to close
+/// the connection (it does so when handoff exits).
+pub fn call(
+    target: &Target,
+    req: &Request,
+    timeout: Option<Duration>,
+    until_eof: bool,
+) -> Result<serde_json::Value, String> {
+    let mut s = target.connect()?;
+    s.set_read_timeout(timeout).map_err(|e| e.to_string())?;
+    let line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    s.write_all(format!("{line}\n").as_bytes())
+        .map_err(|e| format!("cannot send the request: {e}"))?;
+    let mut r = BufReader::new(s);
+    let mut answer = String::new();
+    let timed_out = |e: io::Error| {
+        if matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            "timed out waiting for handoff's answer".to_string()
+        } else {
+            format!("connection to handoff failed: {e}")
+        }
+    };
+    r.read_line(&mut answer).map_err(timed_out)?;
+    if answer.is_empty() {
+        return Err("handoff closed the connection without answering".into());
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(answer.trim()).map_err(|e| format!("bad answer from handoff: {e}"))?;
+    if until_eof {
+        let mut rest = String::new();
+        let _ = r.read_line(&mut rest);
+    }
+    Ok(v)
+}

@@ -1,0 +1,82 @@
+//! `--pid-file`: written atomically, removed at exit, and a second handoff refuses to start
+//! on a pid file whose process is a live handoff.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A pid file checked but not yet written.
+pub struct PidFile {
+    path: PathBuf,
+}
+
+/// A pid file handoff wrote; removed on drop if it still holds our pid.
+pub struct Written {
+    path: PathBuf,
+}
+
+/// Whether `pid` is a running handoff (not merely a recycled pid).
+fn is_live_handoff(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "handoff")
+}
+
+impl PidFile {
+    pub fn check(path: &Path) -> Result<Self, String> {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if let Some(pid) = s
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|p| *p != std::process::id())
+            {
+                if is_live_handoff(pid) {
+                    return Err(format!(
+                        "pid file {} belongs to a running handoff (pid {pid}); stop it first, or use another --pid-file",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Write our pid: to a temporary file in the same directory, then rename over.
+    pub fn write(self) -> Result<Written, String> {
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let res = std::fs::File::create(&tmp)
+            .and_then(|mut f| {
+                writeln!(f, "{}", std::process::id())?;
+                f.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if let Err(e) = res {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(format!(
+                "cannot write pid file {}: {e}",
+                self.path.display()
+            ));
+        }
+        Ok(Written { path: self.path })
+    }
+}
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        let ours = std::fs::read_to_string(&self.path)
+            .is_ok_and(|s| s.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! handoff as a systemd service: READY=1 once the first child is ready, RELOADING=1 with
+//! MONOTONIC_USEC around reloads, STOPPING=1 at shutdown, STATUS= with the serving
+//! generation, and WATCHDOG=1 pings.
+//!
+//! Messages are built from the sd-notify crate's `NotifyState`; they are sent through our own
+//! socket because that crate connects `NOTIFY_SOCKET` as a plain path and so cannot reach an
+//! abstract (`@name`) socket, which some service managers and containers use.
+
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+
+pub struct SdNotify {
+    sock: UnixDatagram,
+    addr: SocketAddr,
+    /// Ping interval: half of WATCHDOG_USEC, when the watchdog is meant for us.
+    pub watchdog: Option<Duration>,
+}
+
+impl SdNotify {
+    /// From handoff's own environment (captured before children get a scrubbed copy).
+    pub fn from_env() -> Option<Self> {
+        let path = std::env::var_os("NOTIFY_SOCKET")?;
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+        let addr = match bytes.first() {
+            Some(b'@') => SocketAddr::from_abstract_name(&bytes[1..]).ok()?,
+            Some(b'/') => SocketAddr::from_pathname(&path).ok()?,
+            _ => {
+                tracing::warn!(
+                    "NOTIFY_SOCKET={path:?} is neither a path nor @abstract; not notifying"
+                );
+                return None;
+            }
+        };
+        let sock = UnixDatagram::unbound().ok()?;
+        let _ = sock.set_nonblocking(true);
+        let watchdog_for_us = std::env::var("WATCHDOG_PID")
+            .map(|p| p.parse::<u32>().ok() == Some(std::process::id()))
+            .unwrap_or(true);
+        let watchdog = std::env::var("WATCHDOG_USEC")
+            .ok()
+            .and_then(|u| u.parse::<u64>().ok())
+            .filter(|u| *u > 0 && watchdog_for_us)
+            .map(|u| Duration::from_micros(u / 2));
+        Some(Self {
+            sock,
+            addr,
+            watchdog,
+        })
+    }
+
+    /// Send one datagram with these assignments (one `sendmsg`, as systemd requires).
+    pub fn send(&self, states: &[NotifyState<'_>]) {
+        let mut msg = String::new();
+        for s in states {
+            msg.push_str(&s.to_string());
+            msg.push('\n');
+        }
+        if let Err(e) = self.sock.send_to_addr(msg.as_bytes(), &self.addr) {
+            tracing::debug!("sd_notify failed: {e}");
+        }
+    }
+
+    /// RELOADING=1 with MONOTONIC_USEC in the same datagram (Type=notify-reload needs both).
+    pub fn reloading(&self, status: &str) {
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => self.send(&[NotifyState::Reloading, now, NotifyState::Status(status)]),
+            Err(_) => self.send(&[NotifyState::Reloading, NotifyState::Status(status)]),
+        }
+    }
+}
