@@ -131,10 +131,12 @@ pub fn bind_path(path: &Path) -> Result<(StdListener, SocketFile), String> {
                 path.display()
             ))
         }
-        Ok(_) if in_use(path) => return Err(format!(
+        Ok(_) if in_use(path) => {
+            return Err(format!(
             "control socket {} is in use by another handoff; give this one its own --control PATH",
             path.display()
-        )),
+        ))
+        }
         Ok(_) => {
             let _ = std::fs::remove_file(path);
         }

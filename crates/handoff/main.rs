@@ -140,7 +140,14 @@ fn client(sub: Sub) -> Result<i32, String> {
             // The connection closed when handoff's event loop ended; wait for the process.
             if let Some(pid) = v["pid"].as_u64() {
                 let end = Instant::now() + timeout;
-                while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                // A zombie has exited: only its parent has not collected it yet.
+                let running = |pid: u64| {
+                    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                        !s.rsplit_once(')')
+                            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+                    })
+                };
+                while running(pid) {
                     if Instant::now() > end {
                         return Err(format!(
                             "handoff (pid {pid}) is still running after {timeout:?}"

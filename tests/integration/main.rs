@@ -7,6 +7,8 @@
 //! - `zero_drop`: two loopback clients hammer the server during reloads; 0 failures.
 //! - `cli_errors`: bad input gives one line, a non-zero status, and starts nothing.
 //! - `listeners`: listener forms (unix, udp, ipv6, names) and stale socket files.
+//! - `operations`: control commands, pid file, systemd notify/socket units, privileges,
+//!   probes, watch, PID 1, Server::Starter.
 //! - `examples`: every example server in examples/ under handoff, reloaded under load.
 
 mod util;
@@ -16,5 +18,6 @@ mod cli_errors;
 mod examples;
 mod lifecycle;
 mod listeners;
+mod operations;
 mod reload;
 mod zero_drop;

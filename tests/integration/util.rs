@@ -145,12 +145,25 @@ impl Builder {
 
 /// handoff with `--log-format json` and the given arguments (`--` and the command included).
 pub fn handoff() -> Builder {
+    let dir = TempDir::new();
     let mut cmd = Command::new(BIN);
     cmd.arg("--log-format").arg("json");
-    Builder {
-        cmd,
-        dir: TempDir::new(),
-    }
+    // Each handoff its own control socket: tests run in parallel.
+    cmd.env("HANDOFF_CONTROL", dir.path().join("control.sock"));
+    Builder { cmd, dir }
+}
+
+/// handoff started through another program (`unshare ... handoff`, `systemd-socket-activate
+/// ... handoff`): `prefix` comes first, then the handoff binary and `--log-format json`.
+pub fn handoff_under(prefix: &[&str]) -> Builder {
+    let dir = TempDir::new();
+    let mut cmd = Command::new(prefix[0]);
+    cmd.args(&prefix[1..])
+        .arg(BIN)
+        .arg("--log-format")
+        .arg("json");
+    cmd.env("HANDOFF_CONTROL", dir.path().join("control.sock"));
+    Builder { cmd, dir }
 }
 
 /// handoff on 127.0.0.1:0 running the Python fixture with `child_args`.

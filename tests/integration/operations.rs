@@ -1,0 +1,676 @@
+//! Operating handoff: control commands, pid file, systemd notify and socket units, privilege
+//! drop, readiness probes, file watching, PID 1, Server::Starter compatibility.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::util::*;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn fixture_with_args_file(opts: &[&str]) -> Handoff {
+    let b = handoff();
+    let args = b.dir().join("child.args");
+    b.args(["--listen", "127.0.0.1:0"])
+        .args(opts.iter().copied())
+        .args(["--", "python3", &fixture(), "--args-file"])
+        .arg(args)
+        .start()
+}
+
+#[test]
+fn reload_command_reports_success_and_failure_with_its_exit_code() {
+    let h = fixture_with_args_file(&[]);
+    h.ready(1);
+    let (code, out, err) = h.cmd(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("generation 2"), "{out}");
+    // By the time it returned, the new generation serves and the old one was told to stop.
+    assert!(!h.events("stopping").is_empty());
+    let p2 = h.ready(2);
+
+    std::fs::write(h.dir.path().join("child.args"), "--exit-before-ready 1").expect("write");
+    let (code, out, err) = h.cmd(&["reload"]);
+    assert_eq!(code, 1, "{out}{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains("exited before ready (exit status 1)"),
+        "{err}"
+    );
+    assert!(
+        lines[0].contains(&format!("still serving generation 2, pid {p2}")),
+        "{err}"
+    );
+
+    let (code, out, _) = h.cmd(&["reload", "--no-wait"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("reload requested"));
+}
+
+#[test]
+fn status_json_has_generations_listeners_and_the_last_reload() {
+    let h = with_fixture(&[], &[]);
+    h.ready(1);
+    h.reload();
+    h.wait("reload_finished", &[("gen", 2.into())]);
+    h.wait("drained", &[("gen", 1.into())]);
+    let (code, out, err) = h.cmd(&["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["pid"], h.pid);
+    assert_eq!(v["reloads"], 1);
+    assert_eq!(v["serving"]["gen"], 2);
+    let gens = v["generations"].as_array().expect("generations");
+    assert_eq!(gens.len(), 1);
+    assert_eq!(gens[0]["state"], "serving");
+    assert!(gens[0]["pid"].is_u64() && gens[0]["age_s"].is_number());
+    assert!(gens[0]["time_to_ready_ms"].as_f64().expect("ttr") > 0.0);
+    assert_eq!(v["listeners"][0]["fd"], 3);
+    assert_eq!(v["listeners"][0]["kind"], "tcp");
+    assert_eq!(v["last_reload"]["result"], "ok");
+    assert!(v["last_reload"]["duration_ms"].is_number());
+    let (code, text, _) = h.cmd(&["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("serving") && text.contains("last reload: ok"),
+        "{text}"
+    );
+}
+
+#[test]
+fn stop_command_drains_and_waits_until_handoff_has_exited() {
+    let mut h = with_fixture(&[], &[]);
+    let p1 = h.ready(1);
+    let (code, out, err) = h.cmd(&["stop"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // Already gone when the command returned.
+    assert!(!alive(h.pid) || h.wait_exit(Duration::from_millis(200)) == 0);
+    assert!(!alive(p1));
+    assert!(!h.control().exists(), "control socket removed at exit");
+}
+
+#[test]
+fn subcommands_say_plainly_when_nothing_runs_there() {
+    let dir = TempDir::new();
+    let sock = dir.path().join("nothing.sock");
+    for sub in ["reload", "status", "stop"] {
+        let out = Command::new(BIN)
+            .args([sub, "--control"])
+            .arg(&sock)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1), "{sub}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("no handoff is running at control socket"),
+            "{sub}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
+fn raw_request(sock: &std::path::Path, body: &[u8]) -> Value {
+    let mut s = UnixStream::connect(sock).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let _ = s.write_all(body);
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).expect("reply");
+    serde_json::from_str(&line).expect("json reply")
+}
+
+#[test]
+fn malformed_oversized_and_unknown_requests_get_an_error_reply() {
+    let h = with_fixture(&[], &[]);
+    h.ready(1);
+    let sock = h.control();
+    let v = raw_request(&sock, b"garbage\n");
+    assert_eq!(v["ok"], false);
+    assert!(v["error"].as_str().expect("error").contains("malformed"));
+    let v = raw_request(&sock, &vec![b'x'; 100_000]);
+    assert!(
+        v["error"].as_str().expect("error").contains("too long"),
+        "{v}"
+    );
+    let v = raw_request(&sock, b"{\"v\":2,\"cmd\":\"status\"}\n");
+    assert!(
+        v["error"].as_str().expect("error").contains("version"),
+        "{v}"
+    );
+    let v = raw_request(&sock, b"{\"v\":1,\"cmd\":\"explode\"}\n");
+    assert_eq!(v["ok"], false);
+    // Still alive and answering.
+    let v = raw_request(&sock, b"{\"v\":1,\"cmd\":\"status\"}\n");
+    assert_eq!(v["ok"], true);
+    let mode = std::fs::metadata(&sock)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
+    assert_eq!(mode.expect("meta"), 0o600);
+}
+
+#[test]
+fn another_users_requests_are_rejected() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run a client as another user");
+        return;
+    }
+    let b = handoff();
+    let pidf = b.dir().join("handoff.pid");
+    let h = b
+        .args(["--listen", "127.0.0.1:0", "--pid-file"])
+        .arg(&pidf)
+        .args(["--", "python3", &fixture()])
+        .start();
+    h.ready(1);
+    // Through the abstract address (no file permission in the way), so SO_PEERCRED decides.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "reload",
+            "--pid-file",
+        ])
+        .arg(&pidf)
+        .output()
+        .expect("setpriv");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("permission denied"), "{err}");
+    assert!(
+        h.events("reload_requested").is_empty(),
+        "the stranger's reload must not happen"
+    );
+    // The owner, through the same pid file, is accepted.
+    let out = Command::new(BIN)
+        .args(["status", "--pid-file"])
+        .arg(&pidf)
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn pid_file_is_written_refuses_a_second_start_and_is_removed() {
+    let b = handoff();
+    let pidf = b.dir().join("app.pid");
+    let mut h = b
+        .args(["--listen", "127.0.0.1:0", "--pid-file"])
+        .arg(&pidf)
+        .args(["--", "python3", &fixture()])
+        .start();
+    h.ready(1);
+    assert_eq!(
+        std::fs::read_to_string(&pidf).expect("pid file").trim(),
+        h.pid.to_string()
+    );
+    let marker = h.dir.path().join("second-started");
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--control", "none", "--pid-file"])
+        .arg(&pidf)
+        .args(["--", "touch"])
+        .arg(&marker)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("belongs to a running handoff"), "{err}");
+    assert!(!marker.exists());
+    h.signal(libc::SIGTERM);
+    assert_eq!(h.wait_exit(WAIT), 0);
+    assert!(!pidf.exists(), "pid file removed at exit");
+}
+
+#[test]
+fn sockets_from_a_socket_unit_are_passed_through_with_the_childs_own_listen_pid() {
+    // systemd's own tool: binds, waits for a connection, then execs handoff with LISTEN_FDS
+    // for handoff's pid. handoff must use that socket and give the child its own LISTEN_PID.
+    let dir = TempDir::new();
+    let sock = dir.path().join("activated.sock");
+    let b = handoff_under(&[
+        "systemd-socket-activate",
+        "-l",
+        sock.to_str().expect("utf8"),
+        "--fdname=web",
+    ]);
+    let h = b.args(["--", "python3", &fixture()]).start();
+    wait_until("socket-activate listening", WAIT, || sock.exists());
+    // The first connection makes systemd-socket-activate exec handoff.
+    let mut s = UnixStream::connect(&sock).expect("connect");
+    s.write_all(b"GET /env HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut s, &mut out).expect("read");
+    let body = out.split_once("\r\n\r\n").expect("http").1;
+    let env: Value = serde_json::from_str(body).expect("json");
+    assert_eq!(
+        env["LISTEN_PID"].as_str().map(String::from),
+        Some(env["pid"].to_string())
+    );
+    assert_eq!(env["LISTEN_FDNAMES"], "web");
+    assert!(
+        env.get("LISTEN_PIDFDID").is_none_or(Value::is_null),
+        "{env}"
+    );
+    let l = h.wait("listening", &[("index", 0.into())]);
+    assert_eq!(l["inherited"], true);
+    assert_eq!(l["name"], "web");
+}
+
+/// A fake service manager: collects what handoff sends to NOTIFY_SOCKET.
+struct Manager {
+    rx: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Manager {
+    fn bind(addr: &str, dir: &std::path::Path) -> (Self, String) {
+        let (sock, env) = if let Some(name) = addr.strip_prefix('@') {
+            use std::os::linux::net::SocketAddrExt;
+            let a = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                .expect("abstract");
+            (
+                UnixDatagram::bind_addr(&a).expect("bind abstract"),
+                addr.to_string(),
+            )
+        } else {
+            let p = dir.join(addr);
+            (
+                UnixDatagram::bind(&p).expect("bind"),
+                p.display().to_string(),
+            )
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let end = Instant::now() + Duration::from_secs(120);
+            while Instant::now() < end {
+                if let Ok(n) = sock.recv(&mut buf) {
+                    if tx
+                        .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        });
+        (
+            Self {
+                rx,
+                seen: Vec::new(),
+            },
+            env,
+        )
+    }
+
+    /// Wait for a datagram satisfying `pred`; returns it.
+    #[track_caller]
+    fn expect(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + WAIT;
+        loop {
+            if let Some(m) = self.seen.iter().find(|m| pred(m)) {
+                let m = m.clone();
+                self.seen.retain(|x| *x != m);
+                return m;
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(m) => self.seen.push(m),
+                Err(_) => panic!("no {what} from handoff; got {:?}", self.seen),
+            }
+        }
+    }
+}
+
+#[test]
+fn systemd_notifications_ready_reloading_watchdog_stopping() {
+    let dir = TempDir::new();
+    let (mut mgr, addr) = Manager::bind("notify.sock", dir.path());
+    let b = handoff();
+    let args = b.dir().join("child.args");
+    let mut h = b
+        .env("NOTIFY_SOCKET", &addr)
+        .env("WATCHDOG_USEC", "200000")
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--",
+            "python3",
+            &fixture(),
+            "--args-file",
+        ])
+        .arg(&args)
+        .start();
+    let p1 = h.ready(1);
+    let m = mgr.expect("READY=1", |m| m.lines().any(|l| l == "READY=1"));
+    assert!(
+        m.contains(&format!("STATUS=serving generation 1 (pid {p1})")),
+        "{m}"
+    );
+    for _ in 0..3 {
+        mgr.expect("WATCHDOG=1", |m| m.lines().any(|l| l == "WATCHDOG=1"));
+    }
+    h.reload();
+    let m = mgr.expect("RELOADING=1", |m| m.lines().any(|l| l == "RELOADING=1"));
+    let usec = m
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .expect("MONOTONIC_USEC in the same datagram");
+    assert!(usec.parse::<u64>().expect("number") > 0);
+    mgr.expect("READY=1 after the reload", |m| {
+        m.lines().any(|l| l == "READY=1") && m.contains("generation 2")
+    });
+    // A failed reload still ends the reload for systemd, and says why.
+    std::fs::write(&args, "--exit-before-ready 1").expect("write");
+    h.reload();
+    let m = mgr.expect("READY=1 after a failed reload", |m| {
+        m.contains("STATUS=reload failed")
+    });
+    assert!(m.lines().any(|l| l == "READY=1"), "{m}");
+    h.signal(libc::SIGTERM);
+    mgr.expect("STOPPING=1", |m| m.lines().any(|l| l == "STOPPING=1"));
+    assert_eq!(h.wait_exit(WAIT), 0);
+    let env = h.events("spawned");
+    assert!(!env.is_empty());
+}
+
+#[test]
+fn abstract_notify_socket_of_the_service_manager_works() {
+    let dir = TempDir::new();
+    let name = format!(
+        "@handoff-test-{}-{}",
+        std::process::id(),
+        dir.path().display().to_string().len()
+    );
+    let (mut mgr, addr) = Manager::bind(&name, dir.path());
+    let h = handoff()
+        .env("NOTIFY_SOCKET", &addr)
+        .args(["--listen", "127.0.0.1:0", "--", "python3", &fixture()])
+        .start();
+    h.ready(1);
+    mgr.expect("READY=1", |m| m.lines().any(|l| l == "READY=1"));
+}
+
+#[test]
+fn child_runs_as_the_requested_user_with_its_groups() {
+    if !is_root() {
+        eprintln!("skipped: dropping privileges needs root");
+        return;
+    }
+    // Debian's python3: a python under /root (pyenv) is not readable by nobody.
+    let h = handoff()
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--user",
+            "nobody",
+            "--",
+            "/usr/bin/python3",
+            &fixture(),
+        ])
+        .start();
+    let pid = h.ready(1); // READY=1 arrived: the child could reach its notify socket as nobody
+    let uid = status_field(pid, "Uid");
+    assert_eq!(
+        uid.split_whitespace().collect::<Vec<_>>(),
+        vec!["65534"; 4],
+        "Uid: {uid}"
+    );
+    let gid = status_field(pid, "Gid");
+    assert!(gid.split_whitespace().all(|g| g == "65534"), "Gid: {gid}");
+    assert_eq!(status_field(pid, "Groups"), "65534");
+    assert_eq!(environ(pid).get("USER").map(String::as_str), Some("nobody"));
+    // handoff itself is still root, and so could bind privileged ports.
+    assert!(status_field(h.pid, "Uid").starts_with('0'));
+    assert_eq!(get_json(h.addr(0), "/")["pid"], pid);
+}
+
+#[test]
+fn unknown_user_is_refused_before_anything_starts() {
+    let dir = TempDir::new();
+    let marker = dir.path().join("started");
+    let out = Command::new(BIN)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--control",
+            "none",
+            "--user",
+            "no-such-user-xyz",
+            "--",
+            "touch",
+        ])
+        .arg(&marker)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown user no-such-user-xyz"));
+    assert!(!marker.exists());
+}
+
+#[test]
+fn ready_probe_decides_readiness_for_a_silent_child() {
+    let b = handoff();
+    let dir = b.dir().to_path_buf();
+    let probe = format!(
+        "test -e {}/ok-$HANDOFF_GENERATION-$HANDOFF_CHILD_PID",
+        dir.display()
+    );
+    let h = b
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--ready-probe",
+            &probe,
+            "--ready-probe-interval",
+            "50ms",
+        ])
+        .args(["--", "python3", &fixture(), "--no-notify"])
+        .start();
+    let pid = h.gen_pid(1);
+    assert!(
+        h.events("ready").is_empty(),
+        "not ready before the probe succeeds"
+    );
+    std::fs::write(dir.join(format!("ok-1-{pid}")), "").expect("write");
+    assert_eq!(h.ready(1), pid);
+}
+
+#[test]
+fn unix_socket_mode_and_owner() {
+    let b = handoff();
+    let sock = b.dir().join("app.sock");
+    let mut args = vec!["--socket-mode".to_string(), "0660".to_string()];
+    if is_root() {
+        args.extend(["--socket-owner".to_string(), "nobody:nogroup".to_string()]);
+    }
+    let h = b
+        .arg("--listen")
+        .arg(format!("unix:{}", sock.display()))
+        .args(args)
+        .args(["--ready-after", "10ms", "--", "sleep", "300"])
+        .start();
+    h.ready(1);
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(&sock).expect("socket file");
+    assert_eq!(m.mode() & 0o7777, 0o660);
+    if is_root() {
+        assert_eq!((m.uid(), m.gid()), (65534, 65534));
+    }
+}
+
+#[test]
+fn a_burst_of_writes_to_a_watched_file_gives_exactly_one_reload() {
+    let b = handoff();
+    let conf = b.dir().join("app.conf");
+    std::fs::write(&conf, "v1").expect("write");
+    let h = b
+        .args(["--listen", "127.0.0.1:0", "--watch"])
+        .arg(&conf)
+        .args(["--watch-debounce", "300ms", "--", "python3", &fixture()])
+        .start();
+    h.ready(1);
+    for i in 0..20 {
+        std::fs::write(&conf, format!("v{i}")).expect("write");
+    }
+    // The way deploys replace files: write elsewhere, rename over.
+    let tmp = h.dir.path().join("app.conf.new");
+    std::fs::write(&tmp, "final").expect("write");
+    std::fs::rename(&tmp, &conf).expect("rename");
+    h.wait("reload_finished", &[("gen", 2.into())]);
+    // All writes happened well within one debounce period, so they are one reload.
+    let (_, out, _) = h.cmd(&["status", "--json"]);
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["reloads"], 1, "{v}");
+}
+
+/// Host pids of the children of `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn as_pid_1_it_reaps_orphans_and_drains_on_sigterm() {
+    if Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+    {
+        eprintln!("skipped: cannot create a PID namespace here (unshare --pid --fork failed)");
+        return;
+    }
+    let mut h = handoff_under(&["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--",
+            "python3",
+            &fixture(),
+            "--workers",
+            "2",
+            "--orphan-workers",
+        ])
+        .start();
+    h.ready(1);
+    // handoff is the child of unshare; inside the namespace it is pid 1.
+    let mut hpid = 0;
+    wait_until("handoff running under unshare", WAIT, || {
+        hpid = children_of(h.pid).first().copied().unwrap_or(0);
+        hpid != 0
+    });
+    let st = std::fs::read_to_string(format!("/proc/{hpid}/status")).expect("status");
+    let nspid = st.lines().find(|l| l.starts_with("NSpid:")).expect("NSpid");
+    assert!(
+        nspid.split_whitespace().last() == Some("1"),
+        "handoff is pid 1 in its namespace: {nspid}"
+    );
+    // A reload leaves the old master's workers as orphans of pid 1: they must be reaped.
+    // SAFETY: signalling the handoff process this test started.
+    unsafe { libc::kill(hpid as i32, libc::SIGHUP) };
+    h.wait("drained", &[("gen", 1.into())]);
+    wait_until("no zombie under pid 1", WAIT, || {
+        children_of(hpid).iter().all(|p| !is_zombie(*p))
+    });
+    // docker stop: SIGTERM to pid 1 drains and exits 0.
+    // SAFETY: signalling the handoff process this test started.
+    unsafe { libc::kill(hpid as i32, libc::SIGTERM) };
+    assert_eq!(h.wait_exit(WAIT), 0);
+    h.wait("drained", &[("gen", 2.into())]);
+}
+
+#[test]
+fn server_starter_port_is_set_for_start_server_apps() {
+    let b = handoff();
+    let sock = b.dir().join("s.sock");
+    let h = b
+        .args(["--listen", "127.0.0.1:0", "--listen"])
+        .arg(format!("unix:{}", sock.display()))
+        .args(["--ready-after", "10ms", "--", "sleep", "300"])
+        .start();
+    let pid = h.gen_pid(1);
+    let addr = h.addr(0);
+    let env = environ(pid);
+    assert_eq!(
+        env.get("SERVER_STARTER_PORT").map(String::as_str),
+        Some(format!("{addr}=3;{}=4", sock.display()).as_str())
+    );
+    assert_eq!(
+        env.get("SERVER_STARTER_GENERATION").map(String::as_str),
+        Some("1")
+    );
+}
+
+#[test]
+fn starman_runs_unchanged_and_reloads() {
+    let starman = ["/usr/bin/starman", "/usr/local/bin/starman"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let starman =
+        starman.expect("starman is not installed (Debian package starman; .ci/setup installs it)");
+    let b = handoff();
+    let app = b.dir().join("app.psgi");
+    std::fs::write(
+        &app,
+        "sub { my $b = \"{\\\"pid\\\": $$, \\\"gen\\\": $ENV{SERVER_STARTER_GENERATION}}\"; \
+         [200, ['Content-Type' => 'application/json', 'Content-Length' => length $b], [$b]] };\n",
+    )
+    .expect("write app");
+    // Starman cannot notify; its graceful stop signal is QUIT.
+    let h = b
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--ready-after",
+            "1500ms",
+            "--stop-signal",
+            "QUIT",
+        ])
+        .args(["--", starman, "--workers", "2"])
+        .arg(&app)
+        .start();
+    h.ready(1);
+    let addr = h.addr(0);
+    assert_eq!(get_json(addr, "/")["gen"], 1);
+    h.reload();
+    h.wait("reload_finished", &[("gen", 2.into())]);
+    wait_until("generation 2 answers", WAIT, || {
+        get_json(addr, "/")["gen"] == 2
+    });
+    h.wait("drained", &[("gen", 1.into())]);
+}
