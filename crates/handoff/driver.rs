@@ -252,6 +252,7 @@ impl Driver {
                 }
                 self.notify.remove(&gen);
                 self.kill_probes(gen);
+                self.check_listeners(gen);
             }
             Action::Report(r) => self.report(&r),
             Action::Exit(code) => self.exit = Some(code),
@@ -684,6 +685,30 @@ impl Driver {
             message,
             at: Instant::now(),
         });
+    }
+
+    /// After a generation has exited: did it break a shared listener (`shutdown()` on it)?
+    /// Re-create it, and start a new generation on it, since the serving one holds the dead
+    /// socket. Until that generation is ready, clients wait in the new socket's queue.
+    fn check_listeners(&mut self, gen: GenId) {
+        let mut restored = false;
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            if !l.is_broken() {
+                continue;
+            }
+            match l.restore() {
+                Ok(()) => {
+                    warn!(event = "listener_restored", gen, index = i, addr = %l.local,
+                        "listener {} stopped listening after generation {gen} exited (a process called shutdown() on it); re-created it and starting a new generation on it", l.local);
+                    restored = true;
+                }
+                Err(e) => warn!(event = "listener_broken", gen, index = i, addr = %l.local,
+                    "listener {} stopped listening after generation {gen} exited and cannot be re-created: {e}", l.local),
+            }
+        }
+        if restored && !self.sup.is_shutting_down() {
+            self.handle(Event::Reload);
+        }
     }
 
     fn run_probe(&mut self, gen: GenId, pid: u32) {

@@ -154,3 +154,35 @@ fn children_stop_when_handoff_is_killed() {
     assert_eq!(h.wait_exit(WAIT), 128 + libc::SIGKILL);
     wait_until("child stopped after handoff died", WAIT, || !alive(p1));
 }
+
+#[test]
+fn a_child_shutting_down_the_shared_listener_is_detected_and_repaired() {
+    // See odoo#107539: shutdown() on an inherited listening socket stops it for everyone.
+    let b = handoff();
+    let args = b.dir().join("child.args");
+    std::fs::write(&args, "--shutdown-listener").expect("write");
+    let h = b
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--",
+            "python3",
+            &fixture(),
+            "--args-file",
+        ])
+        .arg(&args)
+        .start();
+    h.ready(1);
+    let addr = h.addr(0);
+    std::fs::write(&args, "").expect("write");
+    h.reload(); // gen 2 ready → gen 1 gets SIGTERM and shuts the listener down on its way out
+    h.wait("drained", &[("gen", 1.into())]);
+    let w = h.wait("listener_restored", &[("gen", 1.into())]);
+    assert_eq!(w["addr"], addr.to_string());
+    // handoff started generation 3 on the re-created socket, at the same address.
+    assert_eq!(
+        h.wait("reload_finished", &[("gen", 3.into())])["result"],
+        "ok"
+    );
+    assert_eq!(get_json(addr, "/")["gen"], 3);
+}

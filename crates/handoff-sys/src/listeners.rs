@@ -28,7 +28,24 @@ pub struct Listener {
     pub kind: &'static str,
     /// Received from handoff's own parent (a systemd socket unit) rather than bound.
     pub inherited: bool,
+    /// How to bind it again (bound sockets only).
+    rebind: Option<Rebind>,
     fd: OwnedFd,
+}
+
+/// The exact address and options a socket was bound with, to re-create it.
+#[derive(Debug, Clone)]
+enum Rebind {
+    Inet {
+        addr: SocketAddr,
+        v6only: Option<bool>,
+        udp: bool,
+        backlog: i32,
+    },
+    Unix {
+        path: PathBuf,
+        backlog: i32,
+    },
 }
 
 impl Listener {
@@ -63,8 +80,64 @@ impl Listener {
             unix_file: None,
             kind,
             inherited: true,
+            rebind: None,
             fd,
         })
+    }
+
+    /// Whether this listening socket no longer works: a process holding it called
+    /// `shutdown()`, which acts on the socket shared by every generation (odoo#107539). The
+    /// kernel then reports POLLHUP; a TCP socket also loses SO_ACCEPTCONN (and its port).
+    pub fn is_broken(&self) -> bool {
+        if self.kind == "udp" {
+            return false;
+        }
+        let mut p = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        let hup = n > 0 && p.revents & (libc::POLLHUP | libc::POLLERR) != 0;
+        hup || matches!(is_listening(self.fd.as_fd()), Ok(false))
+    }
+
+    /// Replace a broken socket by a new one at the same address. Children that hold the old
+    /// one cannot accept on it any more; the next generation gets the new one.
+    pub fn restore(&mut self) -> io::Result<()> {
+        match self.rebind.clone() {
+            None => Err(io::Error::other(
+                "it came from the service manager; restart the socket unit",
+            )),
+            Some(Rebind::Inet {
+                addr,
+                v6only,
+                udp,
+                backlog,
+            }) => {
+                let ty = if udp { Type::DGRAM } else { Type::STREAM };
+                let sock = Socket::new(Domain::for_address(addr), ty, None)?;
+                sock.set_reuse_address(true)?;
+                if let Some(only) = v6only {
+                    sock.set_only_v6(only)?;
+                }
+                sock.bind(&addr.into())?;
+                if !udp {
+                    sock.listen(backlog)?;
+                }
+                self.fd = sock.into();
+                Ok(())
+            }
+            Some(Rebind::Unix { path, backlog }) => {
+                // The old socket refuses connections; its file may be removed and re-bound.
+                let _ = std::fs::remove_file(&path);
+                let (sock, file) = bind_unix(&path, backlog).map_err(io::Error::other)?;
+                self.fd = sock.into();
+                self.unix_file = Some(file);
+                Ok(())
+            }
+        }
     }
 
     /// The address in Server::Starter's `SERVER_STARTER_PORT` form (`HOST:PORT` or a path).
@@ -209,13 +282,21 @@ pub fn bind(spec: &ListenSpec, backlog: i32) -> Result<Listener, BindError> {
     match &spec.addr {
         ListenAddr::Tcp(a) | ListenAddr::Udp(a) => {
             let udp = matches!(spec.addr, ListenAddr::Udp(_));
-            let (sock, local) = bind_inet(a, udp, backlog).map_err(|e| err(e, Some(a.port)))?;
+            let (sock, local, v6only) =
+                bind_inet(a, udp, backlog).map_err(|e| err(e, Some(a.port)))?;
+            let addr = sock.local_addr().ok().and_then(|a| a.as_socket());
             Ok(Listener {
                 name,
                 local,
                 unix_file: None,
                 kind: if udp { "udp" } else { "tcp" },
                 inherited: false,
+                rebind: addr.map(|addr| Rebind::Inet {
+                    addr,
+                    v6only,
+                    udp,
+                    backlog,
+                }),
                 fd: sock.into(),
             })
         }
@@ -230,6 +311,10 @@ pub fn bind(spec: &ListenSpec, backlog: i32) -> Result<Listener, BindError> {
                 unix_file: Some(file),
                 kind: "unix",
                 inherited: false,
+                rebind: Some(Rebind::Unix {
+                    path: path.clone(),
+                    backlog,
+                }),
                 fd: sock.into(),
             })
         }
@@ -272,7 +357,7 @@ fn resolve(a: &TcpAddr) -> io::Result<Vec<(SocketAddr, Option<bool>)>> {
     })
 }
 
-fn bind_inet(a: &TcpAddr, udp: bool, backlog: i32) -> io::Result<(Socket, String)> {
+fn bind_inet(a: &TcpAddr, udp: bool, backlog: i32) -> io::Result<(Socket, String, Option<bool>)> {
     let candidates = resolve(a)?;
     let mut last = None;
     for (addr, v6only) in candidates {
@@ -299,7 +384,7 @@ fn bind_inet(a: &TcpAddr, udp: bool, backlog: i32) -> io::Result<(Socket, String
             .map(|s| s.to_string())
             .unwrap_or_else(|| addr.to_string());
         let local = if udp { format!("udp://{local}") } else { local };
-        return Ok((sock, local));
+        return Ok((sock, local, v6only));
     }
     Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT)))
 }
