@@ -4,6 +4,7 @@
 //! - `child_view`: what the child sees (/proc fds, environ, signal state, process group).
 //! - `reload`: reloads, rollback on a failing new child, drain and group kill.
 //! - `lifecycle`: restart on crash, shutdown, exit codes, forwarding, leaks.
+//! - `faults`: reload storms, 500 reloads (fd/RSS flat), hostile notify traffic.
 //! - `zero_drop`: two loopback clients hammer the server during reloads; 0 failures.
 //! - `cli_errors`: bad input gives one line, a non-zero status, and starts nothing.
 //! - `listeners`: listener forms (unix, udp, ipv6, names) and stale socket files.
@@ -16,6 +17,7 @@ mod util;
 mod child_view;
 mod cli_errors;
 mod examples;
+mod faults;
 mod lifecycle;
 mod listeners;
 mod operations;
