@@ -221,3 +221,54 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     Ok(d)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("0s")
+            .expect_err("zero")
+            .contains("greater than zero"));
+        assert!(parse_duration("soon")
+            .expect_err("bad")
+            .contains("\"soon\""));
+    }
+
+    #[test]
+    fn signals_that_cannot_drain_are_refused() {
+        assert_eq!(parse_signal("quit"), Ok(Signal::QUIT));
+        assert!(parse_signal("KILL")
+            .expect_err("kill")
+            .contains("cannot be caught"));
+        assert!(parse_signal("19").expect_err("stop").contains("SIGSTOP"));
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("0660"), Ok(0o660));
+        assert_eq!(parse_mode("660"), Ok(0o660));
+        assert!(parse_mode("0999").is_err());
+        assert!(parse_mode("17777").is_err());
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    proptest! {
+        #[test]
+        fn value_parsers_never_panic_and_errors_are_one_line(s in "\\PC{0,40}") {
+            let errors = [parse_duration(&s).err(), parse_signal(&s).err(), parse_mode(&s).err(), parse_listen(&s).err()];
+            for e in errors.into_iter().flatten() {
+                prop_assert!(!e.is_empty() && !e.contains('\n'), "{}", e);
+            }
+        }
+    }
+}

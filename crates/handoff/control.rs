@@ -318,3 +318,51 @@ pub fn call(
     }
     Ok(v)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn valid_requests() {
+        let r = parse_request(br#"{"v":1,"cmd":"reload"}"#).expect("ok");
+        assert_eq!(
+            (r.cmd, r.wait),
+            (Command::Reload, true),
+            "wait defaults to true"
+        );
+        let r = parse_request(br#"{"v":1,"cmd":"status","wait":false}"#).expect("ok");
+        assert_eq!(r.cmd, Command::Status);
+    }
+
+    #[test]
+    fn invalid_requests_name_the_problem() {
+        let e = parse_request(b"{").expect_err("bad");
+        assert!(e.starts_with("malformed request"), "{e}");
+        let e = parse_request(br#"{"v":9,"cmd":"stop"}"#).expect_err("bad");
+        assert!(e.contains("version 9"), "{e}");
+        let e = parse_request(&[b' '; MAX_REQUEST + 1]).expect_err("bad");
+        assert!(e.contains("too long"), "{e}");
+        let e = parse_request(br#"{"v":1,"cmd":"rm -rf"}"#).expect_err("bad");
+        assert!(e.contains("unknown variant"), "{e}");
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_and_errors_are_one_line(b in proptest::collection::vec(any::<u8>(), 0..6000)) {
+            if let Err(e) = parse_request(&b) {
+                prop_assert!(!e.is_empty());
+                prop_assert!(!e.contains('\n'), "{}", e);
+                let reply: serde_json::Value = serde_json::from_str(&error_reply(&e)).expect("reply is JSON");
+                prop_assert_eq!(&reply["ok"], &serde_json::Value::Bool(false));
+            }
+        }
+
+        #[test]
+        fn json_shaped_garbage_never_panics(v in any::<u32>(), cmd in "[a-z]{0,8}", wait in any::<bool>()) {
+            let line = format!(r#"{{"v":{v},"cmd":"{cmd}","wait":{wait}}}"#);
+            let _ = parse_request(line.as_bytes());
+        }
+    }
+}
