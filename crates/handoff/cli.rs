@@ -62,6 +62,14 @@ pub enum Sub {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script: handoff completions bash > /etc/bash_completion.d/handoff
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): handoff man > handoff.1
+    #[command(hide = true)]
+    Man,
     /// Stop the running handoff gracefully and wait until it has exited.
     Stop {
         #[command(flatten)]

@@ -126,6 +126,18 @@ fn client(sub: Sub) -> Result<i32, String> {
             }
             Ok(0)
         }
+        Sub::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "handoff", &mut std::io::stdout());
+            Ok(0)
+        }
+        Sub::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| format!("cannot write the man page: {e}"))?;
+            Ok(0)
+        }
         Sub::Stop { target: t, timeout } => {
             let req = Request {
                 v: V,

@@ -50,16 +50,25 @@ fn a_storm_of_100_sighups_in_100ms_gives_at_most_2_reloads_and_no_failed_request
     wait_until("no reload in flight", WAIT, || {
         let (_, out, _) = h.cmd(&["status", "--json"]);
         let v: Value = serde_json::from_str(&out).unwrap_or_default();
-        v["generations"].as_array().is_some_and(|g| g.iter().all(|g| g["state"] != "starting"))
+        v["generations"]
+            .as_array()
+            .is_some_and(|g| g.iter().all(|g| g["state"] != "starting"))
     });
     stop.store(true, Ordering::Relaxed);
     client.join().expect("client");
     let (_, out, _) = h.cmd(&["status", "--json"]);
     let v: Value = serde_json::from_str(&out).expect("json");
     let reloads = v["reloads"].as_u64().expect("reloads");
-    assert!((1..=2).contains(&reloads), "{reloads} reloads for a storm of 100 SIGHUPs");
+    assert!(
+        (1..=2).contains(&reloads),
+        "{reloads} reloads for a storm of 100 SIGHUPs"
+    );
     let failed = failed.lock().expect("failed");
-    assert!(failed.is_empty(), "failed requests: {:?}", &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "failed requests: {:?}",
+        &failed[..failed.len().min(5)]
+    );
     assert!(*ok.lock().expect("ok") > 10);
 }
 
@@ -67,7 +76,15 @@ fn a_storm_of_100_sighups_in_100ms_gives_at_most_2_reloads_and_no_failed_request
 fn five_hundred_reloads_leave_fd_count_and_rss_flat() {
     // A child that is ready at once and dies on SIGTERM: the cost measured is handoff's own.
     let h = handoff()
-        .args(["--listen", "127.0.0.1:0", "--ready-after", "1ms", "--", "sleep", "1000"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--ready-after",
+            "1ms",
+            "--",
+            "sleep",
+            "1000",
+        ])
         .start();
     h.ready(1);
     let warm = 20u64;
@@ -85,20 +102,29 @@ fn five_hundred_reloads_leave_fd_count_and_rss_flat() {
     let rss1 = rss_kib(h.pid);
     eprintln!("500 reloads: fds {fds0} -> {fds1}, VmRSS {rss0} KiB -> {rss1} KiB");
     assert_eq!(fds0, fds1, "fd count changed over 500 reloads");
-    assert!(rss1 <= rss0 + 256, "RSS grew from {rss0} KiB to {rss1} KiB over 500 reloads");
+    assert!(
+        rss1 <= rss0 + 256,
+        "RSS grew from {rss0} KiB to {rss1} KiB over 500 reloads"
+    );
 }
 
 #[test]
 fn ready_from_an_unrelated_process_is_ignored() {
     let h = with_fixture(&["--ready-timeout", "3s"], &["--never-ready"]);
     let pid = h.gen_pid(1);
-    let sock = environ(pid).get("NOTIFY_SOCKET").cloned().expect("NOTIFY_SOCKET");
+    let sock = environ(pid)
+        .get("NOTIFY_SOCKET")
+        .cloned()
+        .expect("NOTIFY_SOCKET");
     // The test process is no descendant of the child: its READY=1 must not count.
     let s = UnixDatagram::unbound().expect("socket");
     s.send_to(b"READY=1", &sock).expect("send");
     let r = h.wait("notify_rejected", &[("gen", 1.into())]);
     assert_eq!(r["sender"], std::process::id());
-    assert!(h.events("ready").is_empty(), "a stranger's READY=1 made the child ready");
+    assert!(
+        h.events("ready").is_empty(),
+        "a stranger's READY=1 made the child ready"
+    );
     h.wait("failed", &[("gen", 1.into())]); // the real child never got ready: ready timeout
 }
 
@@ -106,7 +132,10 @@ fn ready_from_an_unrelated_process_is_ignored() {
 fn a_notify_flood_neither_stalls_nor_grows_handoff() {
     let h = with_fixture(&[], &[]);
     let p1 = h.ready(1);
-    let sock = environ(p1).get("NOTIFY_SOCKET").cloned().expect("NOTIFY_SOCKET");
+    let sock = environ(p1)
+        .get("NOTIFY_SOCKET")
+        .cloned()
+        .expect("NOTIFY_SOCKET");
     let rss0 = rss_kib(h.pid);
     let fds0 = fds(h.pid).len();
     let s = UnixDatagram::unbound().expect("socket");
@@ -115,7 +144,11 @@ fn a_notify_flood_neither_stalls_nor_grows_handoff() {
     let mut sent = 0;
     let end = Instant::now() + Duration::from_secs(3);
     while sent < 20_000 && Instant::now() < end {
-        let msg: &[u8] = if sent % 10 == 0 { &big } else { b"READY=1\nSTATUS=flood" };
+        let msg: &[u8] = if sent % 10 == 0 {
+            &big
+        } else {
+            b"READY=1\nSTATUS=flood"
+        };
         if s.send_to(msg, &sock).is_ok() {
             sent += 1;
         } else {
@@ -126,13 +159,26 @@ fn a_notify_flood_neither_stalls_nor_grows_handoff() {
     // Meanwhile handoff still does its job: a reload completes promptly.
     let t = Instant::now();
     h.reload();
-    assert_eq!(h.wait("reload_finished", &[("gen", 2.into())])["result"], "ok");
-    assert!(t.elapsed() < Duration::from_secs(10), "reload took {:?} during a flood", t.elapsed());
+    assert_eq!(
+        h.wait("reload_finished", &[("gen", 2.into())])["result"],
+        "ok"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "reload took {:?} during a flood",
+        t.elapsed()
+    );
     h.wait("drained", &[("gen", 1.into())]); // one generation again, as when fds0 was read
     assert_eq!(fds(h.pid).len(), fds0);
     let rss1 = rss_kib(h.pid);
-    assert!(rss1 <= rss0 + 1024, "RSS grew from {rss0} KiB to {rss1} KiB under a notify flood");
+    assert!(
+        rss1 <= rss0 + 1024,
+        "RSS grew from {rss0} KiB to {rss1} KiB under a notify flood"
+    );
     // Strangers were logged sparsely, not once per datagram.
     let logged = h.events("notify_rejected").len();
-    assert!(logged < 40, "{logged} log lines for {sent} rejected datagrams");
+    assert!(
+        logged < 40,
+        "{logged} log lines for {sent} rejected datagrams"
+    );
 }
