@@ -189,13 +189,6 @@ async fn connection(mut stream: UnixStream, tx: mpsc::UnboundedSender<Incoming>)
     let allowed = stream
         .peer_cred()
         .is_ok_and(|c| c.uid() == me || c.uid() == 0);
-    if !allowed {
-        let msg = error_reply(
-            "permission denied: only the user running handoff, or root, may control it",
-        );
-        let _ = stream.write_all(format!("{msg}\n").as_bytes()).await;
-        return;
-    }
     let (rd, mut wr) = stream.split();
     // Bounded read: at most MAX_REQUEST + 1 bytes, within 5 s.
     let mut rd =
@@ -205,6 +198,11 @@ async fn connection(mut stream: UnixStream, tx: mpsc::UnboundedSender<Incoming>)
     let reply = match read {
         Err(_) => Some(error_reply("timed out waiting for a request")),
         Ok(Err(e)) => Some(error_reply(&format!("read error: {e}"))),
+        // A stranger is answered only after its request has been read: replying and closing
+        // at once would make its write fail (EPIPE) before it could read why.
+        Ok(Ok(_)) if !allowed => Some(error_reply(
+            "permission denied: only the user running handoff, or root, may control it",
+        )),
         Ok(Ok(_)) => {
             if line.last() == Some(&b'\n') {
                 line.pop();
@@ -292,8 +290,8 @@ pub fn call(
     let mut s = target.connect()?;
     s.set_read_timeout(timeout).map_err(|e| e.to_string())?;
     let line = serde_json::to_string(req).map_err(|e| e.to_string())?;
-    s.write_all(format!("{line}\n").as_bytes())
-        .map_err(|e| format!("cannot send the request: {e}"))?;
+    // If the write fails, the server may still have explained why (e.g. permission denied).
+    let sent = s.write_all(format!("{line}\n").as_bytes());
     let mut r = BufReader::new(s);
     let mut answer = String::new();
     let timed_out = |e: io::Error| {
@@ -306,8 +304,12 @@ pub fn call(
             format!("connection to handoff failed: {e}")
         }
     };
-    r.read_line(&mut answer).map_err(timed_out)?;
+    let read = r.read_line(&mut answer);
     if answer.is_empty() {
+        if let Err(e) = sent {
+            return Err(format!("cannot send the request: {e}"));
+        }
+        read.map_err(timed_out)?;
         return Err("handoff closed the connection without answering".into());
     }
     let v: serde_json::Value =

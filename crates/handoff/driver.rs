@@ -319,6 +319,8 @@ impl Driver {
                 self.sd_ready = true;
             }
             Report::ShutdownStarted { .. } => {
+                // Nothing is handed over at shutdown: no hand-over latency to report.
+                self.ready_rx = None;
                 logging::report(r);
                 if let Some(sd) = &self.extras.sd {
                     sd.send(&[

@@ -128,7 +128,12 @@ fn client(sub: Sub) -> Result<i32, String> {
         }
         Sub::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "handoff", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "handoff",
+                &mut std::io::stdout(),
+            );
             Ok(0)
         }
         Sub::Man => {

@@ -5,9 +5,10 @@
 //!
 //! Under handoff it takes its listener from fd 3 (checking LISTEN_PID strictly, exit 97 if it
 //! is not our pid), sends READY=1 to $NOTIFY_SOCKET once ready, and on SIGTERM/SIGINT stops
-//! accepting, answers the requests in flight with `Connection: close`, closes idle keep-alive
-//! connections and exits 0 (after at most ~5 s). One thread per connection, std + libc only.
-use std::io::{ErrorKind, Read, Write};
+//! accepting, answers the requests in flight with `Connection: close`, closes keep-alive
+//! connections idle for `--drain-idle-ms` (default 1000), prints one summary line on stderr
+//! and exits 0, after at most ~5 s. One thread per connection, std + libc only.
+use std::io::{ErrorKind::*, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixDatagram;
@@ -18,6 +19,11 @@ use std::time::{Duration, Instant};
 static STOP: AtomicBool = AtomicBool::new(false);
 /// Connections being served, so that the drain can wait for them.
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+/// How draining connections ended: answered with `Connection: close`, or closed while idle.
+static CLOSED_AFTER_RESPONSE: AtomicUsize = AtomicUsize::new(0);
+static CLOSED_IDLE: AtomicUsize = AtomicUsize::new(0);
+/// Connections that ended with an I/O error (reset by the client, ...), over our whole life.
+static IO_ERRORS: AtomicUsize = AtomicUsize::new(0);
 /// Idle connections and the accept loop look at STOP this often.
 const TICK: Duration = Duration::from_millis(50);
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
@@ -27,25 +33,20 @@ extern "C" fn on_stop(_signal: libc::c_int) {
 }
 
 fn usage(msg: &str) -> ! {
-    eprintln!("http-server: {msg}\nusage: http-server [--bind ADDR] [--ready-delay-ms N]");
+    eprintln!("http-server: {msg}\nusage: http-server [--bind ADDR] [--ready-delay-ms N] ...");
     std::process::exit(2)
 }
 
 fn main() {
-    let (mut bind, mut ready_delay) = (None, 0u64);
+    let (mut bind, mut ready_delay, mut drain_idle) = (None, 0u64, 1000u64);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut value = || {
-            args.next()
-                .unwrap_or_else(|| usage(&format!("{arg} needs a value")))
-        };
+        let bad = format!("bad or missing value for {arg}");
+        let mut value = || args.next().unwrap_or_else(|| usage(&bad));
         match arg.as_str() {
             "--bind" => bind = Some(value()),
-            "--ready-delay-ms" => {
-                ready_delay = value()
-                    .parse()
-                    .unwrap_or_else(|_| usage("bad --ready-delay-ms"))
-            }
+            "--ready-delay-ms" => ready_delay = value().parse().unwrap_or_else(|_| usage(&bad)),
+            "--drain-idle-ms" => drain_idle = value().parse().unwrap_or_else(|_| usage(&bad)),
             _ => usage(&format!("unknown argument {arg}")),
         }
     }
@@ -59,12 +60,12 @@ fn main() {
         }
         (None, Ok(n)) => {
             // Like sd_listen_fds(): the fds are ours only if LISTEN_PID names this process.
-            let pid = std::env::var("LISTEN_PID").unwrap_or_default();
-            if pid != std::process::id().to_string() {
-                eprintln!(
-                    "http-server: LISTEN_PID={pid} is not our pid {}",
-                    std::process::id()
-                );
+            let (pid, me) = (
+                std::env::var("LISTEN_PID").unwrap_or_default(),
+                std::process::id(),
+            );
+            if pid != me.to_string() {
+                eprintln!("http-server: LISTEN_PID={pid} is not our pid {me}");
                 std::process::exit(97);
             }
             if n.parse::<u32>().unwrap_or(0) < 1 {
@@ -78,14 +79,10 @@ fn main() {
     // Non-blocking: during a reload the old and new generations share the socket, and a
     // blocking accept() could wait forever for a connection the other process took.
     listener.set_nonblocking(true).expect("set_nonblocking");
+    let handler = on_stop as extern "C" fn(libc::c_int) as libc::sighandler_t;
     for sig in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            libc::signal(
-                sig,
-                on_stop as extern "C" fn(libc::c_int) as libc::sighandler_t,
-            )
-        };
+        unsafe { libc::signal(sig, handler) };
     }
 
     // Pretend to load config / warm caches. The socket already listens, so connections wait
@@ -110,12 +107,14 @@ fn main() {
         std::process::id()
     );
     let body: &'static str = Box::leak(body.into_boxed_str());
-    let mut pfd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let drain_idle = Duration::from_millis(drain_idle);
+    let (fd, events) = (listener.as_raw_fd(), libc::POLLIN);
     while !STOP.load(SeqCst) {
+        let mut pfd = libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd; a signal interrupts poll() with EINTR, which is fine.
         unsafe { libc::poll(&mut pfd, 1, TICK.as_millis() as libc::c_int) };
         loop {
@@ -123,12 +122,14 @@ fn main() {
                 Ok((stream, _)) => {
                     ACTIVE.fetch_add(1, SeqCst);
                     std::thread::spawn(move || {
-                        let _ = serve(stream, body); // a client going away is not our problem
+                        if serve(stream, body, drain_idle).is_err() {
+                            IO_ERRORS.fetch_add(1, SeqCst);
+                        }
                         ACTIVE.fetch_sub(1, SeqCst);
                     });
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == WouldBlock => break,
+                Err(e) if e.kind() == Interrupted => {}
                 Err(e) => {
                     eprintln!("http-server: accept: {e}"); // e.g. EMFILE: back off a little
                     std::thread::sleep(TICK);
@@ -139,19 +140,30 @@ fn main() {
     }
     // Draining: no more accept(); connections still queued go to the new generation, which
     // shares the socket. Wait for the connections we own to finish their current request.
-    let deadline = Instant::now() + DRAIN_LIMIT;
-    while ACTIVE.load(SeqCst) > 0 && Instant::now() < deadline {
+    let stopped = Instant::now();
+    while ACTIVE.load(SeqCst) > 0 && stopped.elapsed() < DRAIN_LIMIT {
         std::thread::sleep(Duration::from_millis(5));
     }
+    eprintln!(
+        "http-server: pid {} drained in {} ms: {} answered with Connection: close, {} closed \
+         idle, {} still open; {} I/O errors",
+        std::process::id(),
+        stopped.elapsed().as_millis(),
+        CLOSED_AFTER_RESPONSE.load(SeqCst),
+        CLOSED_IDLE.load(SeqCst),
+        ACTIVE.load(SeqCst),
+        IO_ERRORS.load(SeqCst)
+    );
     std::process::exit(0);
 }
 
 /// Serves HTTP/1.1 requests (GET/HEAD without body) on one connection until it closes.
-fn serve(mut stream: TcpStream, body: &str) -> std::io::Result<()> {
+fn serve(mut stream: TcpStream, body: &str, drain_idle: Duration) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(TICK))?; // wake up now and then to notice a drain
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
+    let mut last_active = Instant::now();
     loop {
         // Answer every complete request already buffered (pipelining works too).
         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -172,25 +184,35 @@ fn serve(mut stream: TcpStream, body: &str) -> std::io::Result<()> {
                 if head.starts_with("head ") { "" } else { text },
             );
             stream.write_all(response.as_bytes())?;
+            last_active = Instant::now();
             if close {
+                if STOP.load(SeqCst) {
+                    CLOSED_AFTER_RESPONSE.fetch_add(1, SeqCst);
+                }
                 return Ok(());
             }
         }
         match stream.read(&mut chunk) {
             Ok(0) => return Ok(()), // the client closed the connection
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            // Idle between requests while draining: close; the client reconnects to the new
-            // generation. (A request racing with this close is what HTTP clients retry.)
-            Err(e) if is_timeout(&e) && buf.is_empty() && STOP.load(SeqCst) => return Ok(()),
-            Err(e) if is_timeout(&e) || e.kind() == ErrorKind::Interrupted => {}
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                last_active = Instant::now();
+            }
+            // Timed out (SO_RCVTIMEO) or interrupted. Idle between requests while draining:
+            // close, and the client reconnects to the new generation. A request can race with
+            // this close (HTTP clients retry it, wrk counts a read error), so only close
+            // connections idle for `drain_idle`; active ones get `Connection: close` instead.
+            Err(e) if matches!(e.kind(), WouldBlock | TimedOut | Interrupted) => {
+                let idle = buf.is_empty() && last_active.elapsed() >= drain_idle;
+                if idle && STOP.load(SeqCst) {
+                    CLOSED_IDLE.fetch_add(1, SeqCst);
+                    return Ok(());
+                }
+            }
             Err(e) => return Err(e),
         }
         if buf.len() > 64 * 1024 {
             return Ok(()); // headers far too long: not a client we care about
         }
     }
-}
-
-fn is_timeout(e: &std::io::Error) -> bool {
-    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
 }

@@ -1,0 +1,3 @@
+module handoff.example/go-server
+
+go 1.19
