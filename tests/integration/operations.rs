@@ -15,16 +15,6 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn fixture_with_args_file(opts: &[&str]) -> Handoff {
-    let b = handoff();
-    let args = b.dir().join("child.args");
-    b.args(["--listen", "127.0.0.1:0"])
-        .args(opts.iter().copied())
-        .args(["--", "python3", &fixture(), "--args-file"])
-        .arg(args)
-        .start()
-}
-
 #[test]
 fn reload_command_reports_success_and_failure_with_its_exit_code() {
     let h = fixture_with_args_file(&[]);
@@ -36,7 +26,7 @@ fn reload_command_reports_success_and_failure_with_its_exit_code() {
     assert!(!h.events("stopping").is_empty());
     let p2 = h.ready(2);
 
-    std::fs::write(h.dir.path().join("child.args"), "--exit-before-ready 1").expect("write");
+    std::fs::write(h.args_file(), "--exit-before-ready 1").expect("write");
     let (code, out, err) = h.cmd(&["reload"]);
     assert_eq!(code, 1, "{out}{err}");
     let lines: Vec<&str> = err.lines().collect();

@@ -6,22 +6,6 @@ use serde_json::json;
 
 use crate::util::*;
 
-/// The fixture reads extra arguments from this file at start, so a test can make the *next*
-/// generation misbehave while the current one keeps serving.
-fn args_file(h: &Handoff) -> std::path::PathBuf {
-    h.dir.path().join("child.args")
-}
-
-fn fixture_with_args_file(opts: &[&str]) -> Handoff {
-    let b = handoff();
-    let args = b.dir().join("child.args");
-    b.args(["--listen", "127.0.0.1:0"])
-        .args(opts.iter().copied())
-        .args(["--", "python3", &fixture(), "--args-file"])
-        .arg(args)
-        .start()
-}
-
 #[test]
 fn reload_switches_generations_and_drains_the_old_one() {
     let h = with_fixture(&[], &[]);
@@ -45,7 +29,7 @@ fn reload_switches_generations_and_drains_the_old_one() {
 fn new_child_crashing_before_ready_rolls_back() {
     let h = fixture_with_args_file(&[]);
     let p1 = h.ready(1);
-    std::fs::write(args_file(&h), "--exit-before-ready 3").expect("write args");
+    std::fs::write(h.args_file(), "--exit-before-ready 3").expect("write args");
     h.reload();
     let done = h.wait("reload_finished", &[("gen", 2.into())]);
     assert_eq!(done["result"], "failed");
@@ -63,7 +47,7 @@ fn new_child_crashing_before_ready_rolls_back() {
     assert!(alive(p1));
     assert_eq!(get_json(h.addr(0), "/")["pid"], p1);
     // And a later good reload still works.
-    std::fs::write(args_file(&h), "").expect("write args");
+    std::fs::write(h.args_file(), "").expect("write args");
     h.reload();
     assert_eq!(
         h.wait("reload_finished", &[("gen", 3.into())])["result"],
@@ -75,7 +59,7 @@ fn new_child_crashing_before_ready_rolls_back() {
 fn new_child_missing_the_ready_deadline_is_killed_and_rolled_back() {
     let h = fixture_with_args_file(&["--ready-timeout", "1s"]);
     let p1 = h.ready(1);
-    std::fs::write(args_file(&h), "--never-ready --workers 2").expect("write args");
+    std::fs::write(h.args_file(), "--never-ready --workers 2").expect("write args");
     h.reload();
     let p2 = h.gen_pid(2);
     let done = h.wait("reload_finished", &[("gen", 2.into())]);

@@ -166,6 +166,19 @@ pub fn handoff_under(prefix: &[&str]) -> Builder {
     Builder { cmd, dir }
 }
 
+/// handoff on 127.0.0.1:0 running the fixture with `--args-file`: the fixture reads extra
+/// arguments from that file at start, so a test can make the *next* generation misbehave
+/// while the current one keeps serving. The file is [`Handoff::args_file`].
+pub fn fixture_with_args_file(opts: &[&str]) -> Handoff {
+    let b = handoff();
+    let args = b.dir().join("child.args");
+    b.args(["--listen", "127.0.0.1:0"])
+        .args(opts.iter().copied())
+        .args(["--", "python3", &fixture(), "--args-file"])
+        .arg(args)
+        .start()
+}
+
 /// handoff on 127.0.0.1:0 running the Python fixture with `child_args`.
 pub fn with_fixture(opts: &[&str], child_args: &[&str]) -> Handoff {
     handoff()
@@ -253,6 +266,11 @@ impl Handoff {
     pub fn ready(&self, gen: u64) -> u32 {
         let v = self.wait("ready", &[("gen", gen.into())]);
         v["pid"].as_u64().expect("pid") as u32
+    }
+
+    /// The fixture's `--args-file` (see [`fixture_with_args_file`]).
+    pub fn args_file(&self) -> PathBuf {
+        self.dir.path().join("child.args")
     }
 
     /// The control socket of this handoff.

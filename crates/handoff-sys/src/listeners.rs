@@ -116,17 +116,7 @@ impl Listener {
                 udp,
                 backlog,
             }) => {
-                let ty = if udp { Type::DGRAM } else { Type::STREAM };
-                let sock = Socket::new(Domain::for_address(addr), ty, None)?;
-                sock.set_reuse_address(true)?;
-                if let Some(only) = v6only {
-                    sock.set_only_v6(only)?;
-                }
-                sock.bind(&addr.into())?;
-                if !udp {
-                    sock.listen(backlog)?;
-                }
-                self.fd = sock.into();
+                self.fd = open_inet(addr, v6only, udp, backlog)?.into();
                 Ok(())
             }
             Some(Rebind::Unix { path, backlog }) => {
@@ -357,27 +347,39 @@ fn resolve(a: &TcpAddr) -> io::Result<Vec<(SocketAddr, Option<bool>)>> {
     })
 }
 
+/// A socket bound (and, for TCP, listening) at exactly `addr`, with handoff's options:
+/// SO_REUSEADDR, IPV6_V6ONLY as given, close-on-exec (socket2's default), no SO_REUSEPORT.
+fn open_inet(
+    addr: SocketAddr,
+    v6only: Option<bool>,
+    udp: bool,
+    backlog: i32,
+) -> io::Result<Socket> {
+    let ty = if udp { Type::DGRAM } else { Type::STREAM };
+    let sock = Socket::new(Domain::for_address(addr), ty, None)?;
+    sock.set_reuse_address(true)?;
+    if let Some(only) = v6only {
+        sock.set_only_v6(only)?;
+    }
+    sock.bind(&addr.into())?;
+    if !udp {
+        sock.listen(backlog)?;
+    }
+    Ok(sock)
+}
+
 fn bind_inet(a: &TcpAddr, udp: bool, backlog: i32) -> io::Result<(Socket, String, Option<bool>)> {
-    let candidates = resolve(a)?;
     let mut last = None;
-    for (addr, v6only) in candidates {
-        let ty = if udp { Type::DGRAM } else { Type::STREAM };
-        let sock = match Socket::new(Domain::for_address(addr), ty, None) {
+    for (addr, v6only) in resolve(a)? {
+        let sock = match open_inet(addr, v6only, udp, backlog) {
             Ok(s) => s,
+            // ":8080" on a machine without IPv6: fall back to 0.0.0.0.
             Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
                 last = Some(e);
                 continue;
             }
             Err(e) => return Err(e),
         };
-        sock.set_reuse_address(true)?;
-        if let Some(only) = v6only {
-            sock.set_only_v6(only)?;
-        }
-        sock.bind(&addr.into())?;
-        if !udp {
-            sock.listen(backlog)?;
-        }
         let local = sock
             .local_addr()?
             .as_socket()
