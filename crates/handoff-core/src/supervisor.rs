@@ -635,6 +635,10 @@ impl Supervisor {
     fn on_notify(&mut self, gen: GenId, msg: &NotifyMessage, now: Instant) {
         let Some(i) = self.find(gen) else { return };
         let Some(pid) = self.gens[i].pid else { return };
+        // READY=1 first: the hand-over (stop signals) must not wait behind log lines.
+        if msg.ready && self.gens[i].phase == Phase::Starting {
+            self.become_ready(i, now);
+        }
         if let Some(text) = &msg.status {
             self.report(Report::Status {
                 gen,
@@ -658,9 +662,6 @@ impl Supervisor {
                     *at = (*at).max(want);
                 }
             }
-        }
-        if msg.ready && self.gens[i].phase == Phase::Starting {
-            self.become_ready(i, now);
         }
     }
 
@@ -808,13 +809,14 @@ impl Supervisor {
         self.gens[i].ready_at = Some(now);
         self.ever_ready = true;
         self.set_phase(i, Phase::Serving, now);
-        self.report(Report::Ready { gen, pid, after });
         // Only now may older generations go: until this instant they were the ones accepting.
+        // Their stop signals come before any report, so no log write delays the hand-over.
         for j in 0..self.gens.len() {
             if j != i && self.gens[j].phase == Phase::Serving {
                 self.stop(j, now);
             }
         }
+        self.report(Report::Ready { gen, pid, after });
         if self.gens[i].reason == StartReason::Reload {
             self.report(Report::ReloadFinished {
                 gen,
