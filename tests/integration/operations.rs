@@ -22,8 +22,9 @@ fn reload_command_reports_success_and_failure_with_its_exit_code() {
     let (code, out, err) = h.cmd(&["reload"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("generation 2"), "{out}");
-    // By the time it returned, the new generation serves and the old one was told to stop.
-    assert!(!h.events("stopping").is_empty());
+    // By the time it returned, the new generation serves and the old one was told to stop
+    // (the wait only lets this test's log reader catch up).
+    h.wait("stopping", &[("gen", 1.into())]);
     let p2 = h.ready(2);
 
     std::fs::write(h.args_file(), "--exit-before-ready 1").expect("write");
@@ -659,8 +660,26 @@ fn starman_runs_unchanged_and_reloads() {
     assert_eq!(get_json(addr, "/")["gen"], 1);
     h.reload();
     h.wait("reload_finished", &[("gen", 2.into())]);
-    wait_until("generation 2 answers", WAIT, || {
-        get_json(addr, "/")["gen"] == 2
+    // Starman's workers, when told to stop, may close a connection they accepted but had not
+    // read yet (a reset); no supervisor can save those. What handoff answers for: nothing is
+    // ever refused (the socket is always there), and generation 2 takes over.
+    let mut resets = 0;
+    wait_until("generation 2 answers", WAIT, || match get(addr, "/") {
+        Outcome::Ok { status: 200, body } => {
+            serde_json::from_str::<Value>(&body).is_ok_and(|v| v["gen"] == 2)
+        }
+        Outcome::Reset => {
+            resets += 1;
+            false
+        }
+        other => panic!("GET / during the switch-over: {other:?}"),
     });
     h.wait("drained", &[("gen", 1.into())]);
+    assert!(
+        h.events("listener_restored").is_empty(),
+        "Starman broke the shared listener"
+    );
+    if resets > 0 {
+        eprintln!("starman: {resets} connection(s) reset by stopping Starman workers");
+    }
 }

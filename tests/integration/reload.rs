@@ -166,12 +166,14 @@ fn notify_from_a_descendant_is_accepted() {
 #[test]
 fn extend_timeout_and_status_are_honoured() {
     let h = with_fixture(
-        &["--ready-timeout", "1s"],
+        // The first datagram must arrive within the ready timeout even on a loaded machine;
+        // the child is then ready only after the timeout would have expired.
+        &["--ready-timeout", "4s"],
         &[
             "--notify-message",
-            "EXTEND_TIMEOUT_USEC=5000000\nSTATUS=warming up",
+            "EXTEND_TIMEOUT_USEC=20000000\nSTATUS=warming up",
             "--ready-delay",
-            "1.5",
+            "5",
         ],
     );
     h.wait(
@@ -180,5 +182,9 @@ fn extend_timeout_and_status_are_honoured() {
     );
     h.ready(1);
     assert!(h.events("failed").is_empty());
-    let _ = Duration::ZERO;
+    let ready = h.wait("ready", &[("gen", 1.into())]);
+    assert!(
+        ready["ready_ms"].as_f64().expect("ready_ms") > 4000.0,
+        "{ready}"
+    );
 }
