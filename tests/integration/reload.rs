@@ -1,7 +1,5 @@
 //! Reload, rollback, drain and group kill, with the Python fixture as the child.
 
-use std::time::Duration;
-
 use serde_json::json;
 
 use crate::util::*;
