@@ -88,6 +88,8 @@ pub struct Driver {
     ready_rx: Option<Instant>,
     /// When the last reload request arrived, to measure request → spawned.
     reload_rx: Option<Instant>,
+    /// When the last signal was sent (for the hand-over latency).
+    signal_sent: Option<Instant>,
     /// Set by `Action::Exit`.
     exit: Option<i32>,
     extras: Extras,
@@ -122,6 +124,7 @@ impl Driver {
             ignored_notify: 0,
             ready_rx: None,
             reload_rx: None,
+            signal_sent: None,
             exit: None,
             extras,
             started: Instant::now(),
@@ -236,6 +239,8 @@ impl Driver {
                     Target::Leader => kill::signal(pid, signal),
                     Target::Group => kill::signal_group(pid, signal),
                 };
+                // Stamped now: the woken child may preempt handoff before the log line.
+                self.signal_sent = Some(Instant::now());
                 if let Err(e) = res {
                     warn!(event = "signal_error", gen, pid, signal = %signal, "cannot send {signal} to {pid}: {e}");
                 }
@@ -277,9 +282,10 @@ impl Driver {
             }
             Report::Stopping { gen, pid, signal } => {
                 // The hand-over latency: READY=1 received → old generation told to stop.
+                let sent = self.signal_sent.unwrap_or_else(Instant::now);
                 let handover = self
                     .ready_rx
-                    .map(|t| (t.elapsed().as_secs_f64() * 1e9).round() / 1e3);
+                    .map(|t| (sent.saturating_duration_since(t).as_secs_f64() * 1e9).round() / 1e3);
                 info!(
                     event = "stopping",
                     gen,
