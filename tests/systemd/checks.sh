@@ -266,10 +266,12 @@ is "$(prop "$SVC" KillMode)" mixed "KillMode"
 CG=$(prop "$SVC" ControlGroup)
 read -r SERVING_PID SERVING_GEN <<<"$(field / pid gen)"
 rm -f "$WORK/slow.out"
-client slow 4 3000 "$WORK/slow.out" &
+# 8 s each: a wide window, so that the in-flight check (a new client process per poll) sees
+# them even on a loaded machine.
+client slow 4 8000 "$WORK/slow.out" &
 SLOW=$!
 wait_for 10 eval '[ "$(field / inflight 2>/dev/null)" = 4 ]'
-ok "4 slow requests (3 s each) are in flight in generation $SERVING_GEN" [ "$(field / inflight)" = 4 ]
+ok "4 slow requests (8 s each) are in flight in generation $SERVING_GEN" [ "$(field / inflight)" = 4 ]
 PIDS=$(cgroup_procs "$CG" | sort -n | paste -sd' ')
 info "processes in $CG: $PIDS"
 ok "the cgroup holds handoff and the child" eval 'grep -qw "$MAIN" <<<"$PIDS" && grep -qw "$SERVING_PID" <<<"$PIDS"'
