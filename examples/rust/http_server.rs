@@ -2,12 +2,14 @@
 //!
 //!     handoff --listen 127.0.0.1:8080 -- target/release/examples/http-server [--ready-delay-ms N]
 //!     target/release/examples/http-server --bind 127.0.0.1:8080   # no handoff: the baseline
+//!     start_server --port 127.0.0.1:8080 -- target/release/examples/http-server  # Server::Starter
 //!
 //! Under handoff it takes its listener from fd 3 (checking LISTEN_PID strictly, exit 97 if it
-//! is not our pid), sends READY=1 to $NOTIFY_SOCKET once ready, and on SIGTERM/SIGINT stops
-//! accepting, answers the requests in flight with `Connection: close`, closes keep-alive
-//! connections idle for `--drain-idle-ms` (default 1000), prints one summary line on stderr
-//! and exits 0, after at most ~5 s. One thread per connection, std + libc only.
+//! is not our pid); under Server::Starter, the first fd in SERVER_STARTER_PORT. It sends
+//! READY=1 to $NOTIFY_SOCKET (if set) once ready, and on SIGTERM/SIGINT stops accepting,
+//! answers the requests in flight with `Connection: close`, closes keep-alive connections
+//! idle for `--drain-idle-ms` (default 1000), prints one summary line on stderr and exits 0,
+//! after at most ~5 s. One thread per connection, std + libc only.
 use std::io::{ErrorKind::*, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -32,8 +34,16 @@ extern "C" fn on_stop(_signal: libc::c_int) {
     STOP.store(true, SeqCst); // an atomic store is async-signal-safe
 }
 
+/// One line on stderr in a single write(): our stderr is shared with handoff's log, and
+/// `eprintln!` writes piece by piece, which interleaves with handoff's lines mid-line.
+fn say(msg: std::fmt::Arguments) {
+    let _ = std::io::stderr().write_all(format!("http-server: {msg}\n").as_bytes());
+}
+
 fn usage(msg: &str) -> ! {
-    eprintln!("http-server: {msg}\nusage: http-server [--bind ADDR] [--ready-delay-ms N] ...");
+    say(format_args!(
+        "{msg}\nusage: http-server [--bind ADDR] [--ready-delay-ms N] ..."
+    ));
     std::process::exit(2)
 }
 
@@ -55,7 +65,7 @@ fn main() {
             let l = TcpListener::bind(&addr).unwrap_or_else(|e| usage(&format!("{addr}: {e}")));
             // With port 0 the caller learns the port from this line (bench/ relies on it).
             let local = l.local_addr().expect("local_addr");
-            eprintln!("http-server: listening on {local}");
+            say(format_args!("listening on {local}"));
             l
         }
         (None, Ok(n)) => {
@@ -65,7 +75,7 @@ fn main() {
                 std::process::id(),
             );
             if pid != me.to_string() {
-                eprintln!("http-server: LISTEN_PID={pid} is not our pid {me}");
+                say(format_args!("LISTEN_PID={pid} is not our pid {me}"));
                 std::process::exit(97);
             }
             if n.parse::<u32>().unwrap_or(0) < 1 {
@@ -74,7 +84,21 @@ fn main() {
             // SAFETY: fd 3 is the listening socket handoff passed to us; nothing else owns it.
             unsafe { TcpListener::from_raw_fd(3) }
         }
-        (None, Err(_)) => usage("neither LISTEN_FDS nor --bind"),
+        // Server::Starter (`start_server`): SERVER_STARTER_PORT=`127.0.0.1:8080=3;...`; we
+        // take the fd after the last '=' of the first entry (handoff sets it too, but then
+        // LISTEN_FDS wins above).
+        (None, Err(_)) => match std::env::var("SERVER_STARTER_PORT") {
+            Ok(spec) => {
+                let fd = (spec.split(';').next())
+                    .and_then(|first| first.rsplit_once('='))
+                    .and_then(|(_, fd)| fd.trim().parse::<libc::c_int>().ok())
+                    .filter(|fd| *fd >= 0)
+                    .unwrap_or_else(|| usage(&format!("bad SERVER_STARTER_PORT={spec:?}")));
+                // SAFETY: start_server passed this listening socket to us; nothing else owns it.
+                unsafe { TcpListener::from_raw_fd(fd) }
+            }
+            Err(_) => usage("neither LISTEN_FDS, SERVER_STARTER_PORT nor --bind"),
+        },
     };
     // Non-blocking: during a reload the old and new generations share the socket, and a
     // blocking accept() could wait forever for a connection the other process took.
@@ -97,7 +121,7 @@ fn main() {
     if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
         let sent = UnixDatagram::unbound().and_then(|s| s.send_to(b"READY=1", &path));
         if let Err(e) = sent {
-            eprintln!("http-server: cannot notify {path:?}: {e}");
+            say(format_args!("cannot notify {path:?}: {e}"));
         }
     }
 
@@ -131,7 +155,7 @@ fn main() {
                 Err(e) if e.kind() == WouldBlock => break,
                 Err(e) if e.kind() == Interrupted => {}
                 Err(e) => {
-                    eprintln!("http-server: accept: {e}"); // e.g. EMFILE: back off a little
+                    say(format_args!("accept: {e}")); // e.g. EMFILE: back off a little
                     std::thread::sleep(TICK);
                     break;
                 }
@@ -144,8 +168,8 @@ fn main() {
     while ACTIVE.load(SeqCst) > 0 && stopped.elapsed() < DRAIN_LIMIT {
         std::thread::sleep(Duration::from_millis(5));
     }
-    eprintln!(
-        "http-server: pid {} drained in {} ms: {} answered with Connection: close, {} closed \
+    say(format_args!(
+        "pid {} drained in {} ms: {} answered with Connection: close, {} closed \
          idle, {} still open; {} I/O errors",
         std::process::id(),
         stopped.elapsed().as_millis(),
@@ -153,7 +177,7 @@ fn main() {
         CLOSED_IDLE.load(SeqCst),
         ACTIVE.load(SeqCst),
         IO_ERRORS.load(SeqCst)
-    );
+    ));
     std::process::exit(0);
 }
 
