@@ -11,13 +11,11 @@
 //! `HANDOFF_EXAMPLES_RELOADS=N` reloads N times instead of 3 (to hunt for rare races).
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
 
@@ -81,94 +79,28 @@ fn generation(body: &str) -> Option<u64> {
         .ok()
 }
 
-#[derive(Default, Debug)]
-struct Tally {
-    ok: u64,
-    failed: Vec<String>,
-    retried_keepalive: u64,
-    gens: BTreeSet<u64>,
-}
-
-fn record(t: &Mutex<Tally>, client: &str, o: Outcome) {
-    let mut t = t.lock().expect("tally");
-    match o {
-        Outcome::Ok { status: 200, body } => {
-            t.ok += 1;
-            match generation(&body) {
-                Some(g) => {
-                    t.gens.insert(g);
-                }
-                None => t.failed.push(format!("no generation in body {body:?}")),
-            }
+/// Length of the accept queue of the TCP listener at `addr` (its `rx_queue` in
+/// /proc/net/tcp), or None if it is not found.
+fn accept_queue(addr: SocketAddr) -> Option<u64> {
+    let std::net::IpAddr::V4(ip) = addr.ip() else {
+        return None;
+    };
+    // /proc/net/tcp writes the address as the u32 in host (little-endian) order, in hex.
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(ip.octets()),
+        addr.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // f[1] local address, f[3] state (0A = LISTEN), f[4] tx_queue:rx_queue
+        if f.len() > 4 && f[1] == local && f[3] == "0A" {
+            u64::from_str_radix(f[4].split(':').nth(1)?, 16).ok()
+        } else {
+            None
         }
-        other => t.failed.push(format!("{client}: {other:?}")),
-    }
-}
-
-/// Two clients sending requests until dropped (and at most for 90 s).
-struct Load {
-    stop: Arc<AtomicBool>,
-    tally: Arc<Mutex<Tally>>,
-    clients: Vec<JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(addr: SocketAddr) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let tally = Arc::new(Mutex::new(Tally::default()));
-        let hard_stop = Instant::now() + Duration::from_secs(90);
-        let running = {
-            let stop = stop.clone();
-            move || !stop.load(Ordering::Relaxed) && Instant::now() < hard_stop
-        };
-        let mut clients = Vec::new();
-        {
-            let (running, tally) = (running.clone(), tally.clone());
-            clients.push(std::thread::spawn(move || {
-                let mut c = KeepAlive::new(addr);
-                while running() {
-                    let (o, retried) = c.get("/");
-                    if retried {
-                        tally.lock().expect("tally").retried_keepalive += 1;
-                    }
-                    record(&tally, "keep-alive", o);
-                }
-            }));
-        }
-        {
-            let tally = tally.clone();
-            clients.push(std::thread::spawn(move || {
-                while running() {
-                    record(&tally, "new connection", get(addr, "/"));
-                }
-            }));
-        }
-        Load {
-            stop,
-            tally,
-            clients,
-        }
-    }
-
-    fn answered(&self, gen: u64) -> bool {
-        self.tally.lock().expect("tally").gens.contains(&gen)
-    }
-
-    /// Stops the clients and returns what they saw.
-    fn finish(mut self) -> Tally {
-        self.stop.store(true, Ordering::Relaxed);
-        for c in self.clients.drain(..) {
-            c.join().expect("client thread");
-        }
-        std::mem::take(&mut *self.tally.lock().expect("tally"))
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        // Also on a failed assertion: the clients stop at their next request.
-        self.stop.store(true, Ordering::Relaxed);
-    }
+    })
 }
 
 /// The shared scenario: `h` runs an example whose responses contain `hello` and
@@ -186,15 +118,37 @@ fn reload_under_load(mut h: Handoff, hello: &str) {
             h.raw_log()
         ),
     }
-    let load = Load::start(addr);
+    let load = Load::start(addr, generation);
     wait_until("a response under load", WAIT, || load.answered(1));
     for gen in 2..=reloads + 1 {
         let old = gen - 1;
-        // A request that takes 1 s, on a new connection: give it a head start so that the
-        // old generation (the only one accepting now) has accepted and read it before the
-        // reload begins. It must be answered by the old generation, while it drains.
-        let slow = std::thread::spawn(move || get(addr, "/slow"));
-        std::thread::sleep(Duration::from_millis(200));
+        // A request that takes 1 s, on a new connection, accepted by the old generation (the
+        // only one accepting now) before the reload begins: it must be answered by the old
+        // generation while it drains.
+        let mut conn = TcpStream::connect(addr).expect("connect");
+        conn.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .expect("send /slow");
+        // Our connection was in the listener's accept queue once connect() returned; the queue
+        // being empty afterwards means a process accepted it.
+        wait_until("the old generation accepted the slow request", WAIT, || {
+            accept_queue(addr) == Some(0)
+        });
+        let slow = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            match conn.read_to_end(&mut buf) {
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&buf);
+                    match text.split_once("\r\n\r\n") {
+                        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Outcome::Ok {
+                            status: 200,
+                            body: body.to_string(),
+                        },
+                        _ => Outcome::Other(format!("bad response {text:?}")),
+                    }
+                }
+                Err(e) => Outcome::Other(e.to_string()),
+            }
+        });
         h.reload();
         let done = h.wait("reload_finished", &[("gen", gen.into())]);
         assert_eq!(done["result"], "ok", "{done}\n{}", h.raw_log());

@@ -2,14 +2,16 @@
 //! deadlines (never fixed sleeps), and clean up every process on drop, even on panic.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -597,4 +599,104 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+// ---- load during reloads ----------------------------------------------------------------
+
+/// What the load clients saw.
+#[derive(Default, Debug)]
+pub struct Tally {
+    pub ok: u64,
+    pub failed: Vec<String>,
+    pub retried_keepalive: u64,
+    pub gens: BTreeSet<u64>,
+}
+
+fn record(t: &Mutex<Tally>, client: &str, o: Outcome, gen_of: fn(&str) -> Option<u64>) {
+    let mut t = t.lock().expect("tally");
+    match o {
+        Outcome::Ok { status: 200, body } => {
+            t.ok += 1;
+            match gen_of(&body) {
+                Some(g) => {
+                    t.gens.insert(g);
+                }
+                None => t.failed.push(format!("no generation in body {body:?}")),
+            }
+        }
+        other => t.failed.push(format!("{client}: {other:?}")),
+    }
+}
+
+/// Two clients sending requests until dropped (and at most for 90 s).
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    tally: Arc<Mutex<Tally>>,
+    clients: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    /// `gen_of` reads the generation out of a response body.
+    pub fn start(addr: SocketAddr, gen_of: fn(&str) -> Option<u64>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let hard_stop = Instant::now() + Duration::from_secs(90);
+        let running = {
+            let stop = stop.clone();
+            move || !stop.load(Ordering::Relaxed) && Instant::now() < hard_stop
+        };
+        let mut clients = Vec::new();
+        {
+            let (running, tally) = (running.clone(), tally.clone());
+            clients.push(std::thread::spawn(move || {
+                let mut c = KeepAlive::new(addr);
+                while running() {
+                    let (o, retried) = c.get("/");
+                    if retried {
+                        tally.lock().expect("tally").retried_keepalive += 1;
+                    }
+                    record(&tally, "keep-alive", o, gen_of);
+                }
+            }));
+        }
+        {
+            let tally = tally.clone();
+            clients.push(std::thread::spawn(move || {
+                while running() {
+                    record(&tally, "new connection", get(addr, "/"), gen_of);
+                }
+            }));
+        }
+        Load {
+            stop,
+            tally,
+            clients,
+        }
+    }
+
+    /// Whether some response came from generation `gen`.
+    pub fn answered(&self, gen: u64) -> bool {
+        self.tally.lock().expect("tally").gens.contains(&gen)
+    }
+
+    /// Stops the clients and returns what they saw.
+    pub fn finish(mut self) -> Tally {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in self.clients.drain(..) {
+            c.join().expect("client thread");
+        }
+        std::mem::take(&mut *self.tally.lock().expect("tally"))
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        // Also on a failed assertion: the clients stop at their next request.
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The generation in a fixture's JSON body (`{"gen": N, ...}`).
+pub fn json_gen(body: &str) -> Option<u64> {
+    serde_json::from_str::<Value>(body).ok()?["gen"].as_u64()
 }
