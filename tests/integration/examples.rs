@@ -170,19 +170,7 @@ fn reload_under_load(mut h: Handoff, hello: &str) {
         );
     }
     let t = load.finish();
-    eprintln!(
-        "examples ({hello}): {} ok, {} failed, {} keep-alive retries, generations {:?}",
-        t.ok,
-        t.failed.len(),
-        t.retried_keepalive,
-        t.gens
-    );
-    assert!(
-        t.failed.is_empty(),
-        "failed requests: {:?}",
-        &t.failed[..t.failed.len().min(10)]
-    );
-    assert!(t.ok >= 20, "too few requests to mean anything: {}", t.ok);
+    t.assert_no_failures(&format!("examples ({hello})"), 20);
     let every: BTreeSet<u64> = (1..=reloads + 1).collect();
     assert_eq!(t.gens, every, "every generation should have answered");
     // And a clean stop: the last generation drains too, nothing is killed.

@@ -696,6 +696,31 @@ impl Drop for Load {
     }
 }
 
+impl Tally {
+    /// Print a summary line, then assert that no request failed and that at least `min_ok`
+    /// succeeded (fewer would not mean anything).
+    #[track_caller]
+    pub fn assert_no_failures(&self, label: &str, min_ok: u64) {
+        eprintln!(
+            "{label}: {} ok, {} failed, {} keep-alive retries, generations {:?}",
+            self.ok,
+            self.failed.len(),
+            self.retried_keepalive,
+            self.gens
+        );
+        assert!(
+            self.failed.is_empty(),
+            "failed requests: {:?}",
+            &self.failed[..self.failed.len().min(10)]
+        );
+        assert!(
+            self.ok >= min_ok,
+            "too few requests to mean anything: {}",
+            self.ok
+        );
+    }
+}
+
 /// The generation in a fixture's JSON body (`{"gen": N, ...}`).
 pub fn json_gen(body: &str) -> Option<u64> {
     serde_json::from_str::<Value>(body).ok()?["gen"].as_u64()

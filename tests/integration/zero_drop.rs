@@ -19,19 +19,7 @@ fn ten_reloads_under_load_fail_no_request() {
         load.answered(RELOADS + 1)
     });
     let t = load.finish();
-    eprintln!(
-        "zero_drop: {} ok, {} failed, {} keep-alive retries, generations {:?}",
-        t.ok,
-        t.failed.len(),
-        t.retried_keepalive,
-        t.gens
-    );
-    assert!(
-        t.failed.is_empty(),
-        "failed requests: {:?}",
-        &t.failed[..t.failed.len().min(10)]
-    );
-    assert!(t.ok > 100, "too few requests to mean anything: {}", t.ok);
+    t.assert_no_failures("zero_drop", 101);
     assert!(
         t.gens.len() >= 5,
         "responses from several generations expected: {:?}",
