@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// Protocol version spoken by this build.
 pub const VERSION: u32 = 1;
@@ -72,10 +72,11 @@ pub fn error_reply(msg: &str) -> String {
     serde_json::json!({ "v": VERSION, "ok": false, "error": msg }).to_string()
 }
 
-/// A request on its way to the event loop, with where to send the answer.
+/// A request on its way to the event loop, with where to send the answer lines. The
+/// connection is closed once the event loop drops `reply` (after the final answer).
 pub struct Incoming {
     pub req: Request,
-    pub reply: oneshot::Sender<String>,
+    pub reply: mpsc::UnboundedSender<String>,
 }
 
 /// The address a `--pid-file` client derives from the pid.
@@ -210,20 +211,18 @@ async fn connection(mut stream: UnixStream, tx: mpsc::UnboundedSender<Incoming>)
             match parse_request(&line) {
                 Err(e) => Some(error_reply(&e)),
                 Ok(req) => {
-                    let stop = req.cmd == Command::Stop;
-                    let (otx, orx) = oneshot::channel();
+                    let (otx, mut orx) = mpsc::unbounded_channel();
                     if tx.send(Incoming { req, reply: otx }).is_err() {
                         Some(error_reply("handoff is exiting"))
                     } else {
-                        let r = orx.await.ok();
-                        if stop {
-                            // Keep the connection until handoff exits: the client waits for EOF.
-                            if let Some(r) = &r {
-                                let _ = wr.write_all(format!("{r}\n").as_bytes()).await;
+                        // Every answer line until the event loop is done with the request
+                        // (`stop` gets two: "stopping" now, how it ended at exit).
+                        while let Some(r) = orx.recv().await {
+                            if wr.write_all(format!("{r}\n").as_bytes()).await.is_err() {
+                                break;
                             }
-                            std::future::pending::<()>().await;
                         }
-                        r
+                        None
                     }
                 }
             }
@@ -280,13 +279,14 @@ pub fn read_pid_file(path: &Path) -> Result<u32, String> {
 }
 
 /// Send `req`; return the reply, parsed. With `until_eof`, also wait for the server to close
-/// the connection (it does so when handoff exits).
+/// the connection (it does so when it is done with the request: for `stop`, at exit), and
+/// return the last answer line it sent before that, if it sent a second one.
 pub fn call(
     target: &Target,
     req: &Request,
     timeout: Option<Duration>,
     until_eof: bool,
-) -> Result<serde_json::Value, String> {
+) -> Result<(serde_json::Value, Option<serde_json::Value>), String> {
     let mut s = target.connect()?;
     s.set_read_timeout(timeout).map_err(|e| e.to_string())?;
     let line = serde_json::to_string(req).map_err(|e| e.to_string())?;
@@ -312,13 +312,21 @@ pub fn call(
         read.map_err(timed_out)?;
         return Err("handoff closed the connection without answering".into());
     }
-    let v: serde_json::Value =
-        serde_json::from_str(answer.trim()).map_err(|e| format!("bad answer from handoff: {e}"))?;
+    let parse = |a: &str| -> Result<serde_json::Value, String> {
+        serde_json::from_str(a.trim()).map_err(|e| format!("bad answer from handoff: {e}"))
+    };
+    let first = parse(&answer)?;
+    let mut last = None;
     if until_eof {
         let mut rest = String::new();
-        let _ = r.read_line(&mut rest);
+        while r.read_line(&mut rest).is_ok_and(|n| n > 0) {
+            if let Ok(v) = parse(&rest) {
+                last = Some(v);
+            }
+            rest.clear();
+        }
     }
-    Ok(v)
+    Ok((first, last))
 }
 
 #[cfg(test)]

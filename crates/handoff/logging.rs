@@ -4,7 +4,7 @@
 //! generation and pid it concerns, so that `--log-format json` is machine-readable: the
 //! integration tests and the benchmark read exactly these lines.
 
-use handoff_core::supervisor::{KillReason, Report, StartReason};
+use handoff_core::supervisor::{KillReason, Report};
 use tracing::{info, warn};
 
 use crate::cli::LogFormat;
@@ -43,7 +43,19 @@ pub fn report(r: &Report) {
             }
         }
         Report::ReloadIgnored => info!(event = "reload_ignored", "reload ignored: shutting down"),
-        Report::Spawned { .. } => {} // logged by the driver, with the spawn time
+        Report::Spawned {
+            gen,
+            pid,
+            reason,
+            since_request,
+        } => info!(
+            event = "spawned",
+            gen,
+            pid,
+            reason = reason.as_str(),
+            request_to_spawn_ms = since_request.map(ms),
+            "generation {gen} started (pid {pid})"
+        ),
         Report::Ready { gen, pid, after } => info!(
             event = "ready",
             gen,
@@ -52,7 +64,25 @@ pub fn report(r: &Report) {
             "generation {gen} (pid {pid}) ready after {:.1} ms",
             ms(*after)
         ),
-        Report::Stopping { .. } => {} // logged by the driver after the signal is sent
+        Report::Stopping {
+            gen,
+            pid,
+            signal,
+            handover_from,
+        } => {
+            // The hand-over latency: READY=1 received → old generation told to stop. This
+            // report comes right after the signal was sent, so now is when it was sent.
+            let handover_us =
+                handover_from.map(|t| (t.elapsed().as_secs_f64() * 1e9).round() / 1e3);
+            info!(
+                event = "stopping",
+                gen,
+                pid,
+                signal = %signal,
+                handover_us,
+                "sent {signal} to generation {gen} (pid {pid}): draining"
+            )
+        }
         Report::Drained {
             gen,
             pid,
@@ -84,45 +114,39 @@ pub fn report(r: &Report) {
         Report::Failed { gen, pid, reason } => warn!(
             event = "failed",
             gen,
-            pid = pid.unwrap_or(0),
+            pid,
             reason = %reason,
             "generation {gen} failed: {reason}"
         ),
-        Report::ReloadFinished {
-            gen,
-            ok,
-            after,
-            serving,
-        } => {
-            let (sg, sp) = serving.unwrap_or((0, 0));
-            if *ok {
-                info!(
+        Report::ReloadFinished(o) => {
+            let gen = o.gen;
+            let duration_ms = ms(o.after);
+            match (o.ok(), o.serving) {
+                (true, Some((sg, sp))) => info!(
                     event = "reload_finished",
                     result = "ok",
                     gen,
-                    duration_ms = ms(*after),
+                    duration_ms,
                     serving_gen = sg,
                     serving_pid = sp,
                     "reload finished: generation {gen} serving"
-                );
-            } else if serving.is_some() {
-                warn!(
+                ),
+                (false, Some((sg, sp))) => warn!(
                     event = "reload_finished",
                     result = "failed",
                     gen,
-                    duration_ms = ms(*after),
+                    duration_ms,
                     serving_gen = sg,
                     serving_pid = sp,
                     "reload failed; still serving generation {sg}, pid {sp}"
-                );
-            } else {
-                warn!(
+                ),
+                (_, None) => warn!(
                     event = "reload_finished",
                     result = "failed",
                     gen,
-                    duration_ms = ms(*after),
+                    duration_ms,
                     "reload failed; no generation is serving"
-                );
+                ),
             }
         }
         Report::Exited { gen, pid, status } => warn!(
@@ -172,10 +196,9 @@ pub fn report(r: &Report) {
     }
 }
 
-pub fn start_reason(r: StartReason) -> &'static str {
-    match r {
-        StartReason::Initial => "initial",
-        StartReason::Reload => "reload",
-        StartReason::Restart => "restart",
-    }
+/// A line on stderr outside the log (a fatal error before logging exists). A write error is
+/// ignored: there is nobody left to tell.
+pub fn error_line(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }

@@ -3,22 +3,29 @@
 mod cli;
 mod control;
 mod driver;
+mod errors;
+mod intake;
 mod logging;
 mod pidfile;
 mod sdnotify;
+mod signals;
+mod status;
+mod watch;
 
-use std::ffi::OsString;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use handoff_core::child_env::{self, ChildUser};
 use handoff_core::supervisor::{exit_code, Policy, RestartPolicy, Supervisor};
 use handoff_sys::listeners::{self, Listener};
 use handoff_sys::notify_socket::RuntimeDir;
-use handoff_sys::spawn::{resolve_creds, resolve_program, Creds, SCRUBBED_ENV};
+use handoff_sys::procfs;
+use handoff_sys::spawn::{resolve_creds, resolve_program, Creds};
 
 use crate::cli::{Cli, Restart, RunArgs, Sub, TargetArgs};
-use crate::driver::{ChildSpec, Driver, Extras};
+use crate::driver::{ChildSpec, Driver, Services};
+use crate::errors::Error;
 
 /// `handoff --version`: the crate version and the git commit it was built from.
 pub const VERSION: &str = concat!(
@@ -33,7 +40,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return usage_error(e),
     };
-    let res = match cli.sub {
+    errors::exit(match cli.sub {
         Some(sub) => client(sub),
         None => {
             // Sockets from a systemd socket unit must be taken before anything else opens fds.
@@ -44,14 +51,7 @@ fn main() -> ExitCode {
             logging::init(cli.run.log_format);
             run(cli.run, inherited)
         }
-    };
-    match res {
-        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
-        Err(msg) => {
-            eprintln!("handoff: error: {msg}");
-            ExitCode::from(exit_code::FAILURE as u8)
-        }
-    }
+    })
 }
 
 /// clap's errors, reduced to one line (help and version are printed as they are).
@@ -72,57 +72,59 @@ fn usage_error(e: clap::Error) -> ExitCode {
         .collect();
     let msg = first.join(" ");
     let msg = msg.trim_start_matches("error: ");
-    eprintln!("handoff: error: {msg} (see handoff --help)");
-    ExitCode::from(exit_code::USAGE as u8)
+    errors::exit(Err(Error::Usage(msg.to_string())))
 }
 
 // ---- handoff reload | status | stop -----------------------------------------------------
 
-fn target(t: TargetArgs) -> Result<control::Target, String> {
+fn target(t: TargetArgs) -> Result<control::Target, Error> {
     Ok(match (t.control, t.pid_file) {
-        (_, Some(f)) => control::Target::Pid(control::read_pid_file(&f)?, f),
+        (_, Some(f)) => {
+            control::Target::Pid(control::read_pid_file(&f).map_err(Error::Control)?, f)
+        }
         (Some(p), None) => control::Target::Path(p),
         (None, None) => control::Target::Path(control::default_path()),
     })
 }
 
-fn client(sub: Sub) -> Result<i32, String> {
+fn client(sub: Sub) -> Result<i32, Error> {
     use control::{call, Command, Request, VERSION as V};
+    use std::io::Write;
+    let request = |cmd, wait| Request { v: V, cmd, wait };
+    // Printing the answer is the point of a subcommand, but a closed stdout must not panic.
+    let say = |line: &str| {
+        let _ = writeln!(std::io::stdout(), "{line}");
+    };
     match sub {
         Sub::Reload {
             target: t,
             no_wait,
             timeout,
         } => {
-            let req = Request {
-                v: V,
-                cmd: Command::Reload,
-                wait: !no_wait,
-            };
-            let v = call(&target(t)?, &req, Some(timeout), false)?;
+            let req = request(Command::Reload, !no_wait);
+            let (v, _) = call(&target(t)?, &req, Some(timeout), false).map_err(Error::Control)?;
             let msg = v["message"].as_str().or(v["error"].as_str()).unwrap_or("");
             if v["ok"] == true {
-                println!("{msg}");
+                say(msg);
                 Ok(0)
             } else {
-                eprintln!("handoff: reload failed: {msg}");
-                Ok(1)
+                logging::error_line(&format!("handoff: reload failed: {msg}"));
+                Ok(exit_code::FAILURE)
             }
         }
         Sub::Status { target: t, json } => {
-            let req = Request {
-                v: V,
-                cmd: Command::Status,
-                wait: false,
-            };
-            let v = call(&target(t)?, &req, Some(Duration::from_secs(10)), false)?;
+            let req = request(Command::Status, false);
+            let (v, _) = call(&target(t)?, &req, Some(Duration::from_secs(10)), false)
+                .map_err(Error::Control)?;
             if v["ok"] != true {
-                return Err(v["error"].as_str().unwrap_or("status failed").to_string());
+                let why = v["error"].as_str().unwrap_or("status failed");
+                return Err(Error::Control(why.to_string()));
             }
             if json {
-                println!("{}", v["status"]);
+                say(&v["status"].to_string());
             } else {
-                print!("{}", driver::status_text(&v["status"]));
+                let text = status::text(&v["status"]);
+                say(text.trim_end());
             }
             Ok(0)
         }
@@ -140,85 +142,81 @@ fn client(sub: Sub) -> Result<i32, String> {
             use clap::CommandFactory;
             clap_mangen::Man::new(Cli::command())
                 .render(&mut std::io::stdout())
-                .map_err(|e| format!("cannot write the man page: {e}"))?;
+                .map_err(Error::Output)?;
             Ok(0)
         }
         Sub::Stop { target: t, timeout } => {
-            let req = Request {
-                v: V,
-                cmd: Command::Stop,
-                wait: true,
-            };
+            let req = request(Command::Stop, true);
             let tg = target(t)?;
-            let v = call(&tg, &req, Some(timeout), true)?;
+            let (v, last) = call(&tg, &req, Some(timeout), true).map_err(Error::Control)?;
             if v["ok"] != true {
-                return Err(v["error"].as_str().unwrap_or("stop failed").to_string());
+                let why = v["error"].as_str().unwrap_or("stop failed");
+                return Err(Error::Control(why.to_string()));
             }
-            // The connection closed when handoff's event loop ended; wait for the process.
-            if let Some(pid) = v["pid"].as_u64() {
+            // The connection closed when handoff was about to exit; wait for the process.
+            if let Some(pid) = v["pid"].as_u64().and_then(|p| u32::try_from(p).ok()) {
                 let end = Instant::now() + timeout;
-                // A zombie has exited: only its parent has not collected it yet.
-                let running = |pid: u64| {
-                    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                        !s.rsplit_once(')')
-                            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-                    })
-                };
-                while running(pid) {
+                while procfs::is_running(pid) {
                     if Instant::now() > end {
-                        return Err(format!(
+                        return Err(Error::Control(format!(
                             "handoff (pid {pid}) is still running after {timeout:?}"
-                        ));
+                        )));
                     }
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }
-            println!("stopped");
-            Ok(0)
+            // handoff's own exit code, when it told us (protocol 1 servers since 0.2).
+            match last.as_ref().and_then(|l| l["code"].as_i64()) {
+                Some(c) if c == i64::from(exit_code::FORCED) => {
+                    say("stopped, but some processes had to be killed (drain timeout or a second stop request)");
+                    Ok(exit_code::FORCED)
+                }
+                _ => {
+                    say("stopped");
+                    Ok(0)
+                }
+            }
         }
     }
 }
 
 // ---- running a server -------------------------------------------------------------------
 
-fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i32, String> {
+fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i32, Error> {
     // Validate everything before anything starts: nothing half-started on bad input.
-    let program = resolve_program(&cli.command[0])?;
+    let program = resolve_program(&cli.command[0]).map_err(Error::Start)?;
     let somax = listeners::somaxconn();
     let backlog = cli
         .backlog
         .map_or(somax, |b| (b.min(i32::MAX as u32) as i32).min(somax));
-    let mut base_env: Vec<(OsString, OsString)> = std::env::vars_os()
-        .filter(|(k, _)| !SCRUBBED_ENV.iter().any(|s| k == s))
-        .collect();
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    let creds: Option<Creds> = match &cli.user {
+    let euid = handoff_sys::euid();
+    let (creds, base_env): (Option<Creds>, _) = match &cli.user {
         Some(u) => {
-            let (c, name, home) = resolve_creds(u, cli.group.as_deref())?;
+            let (c, name, home) = resolve_creds(u, cli.group.as_deref()).map_err(Error::Start)?;
             if euid != 0 && c.uid != euid {
-                return Err(format!(
+                return Err(Error::Start(format!(
                     "cannot run the child as {u}: handoff is not running as root"
-                ));
+                )));
             }
-            // As systemd does for User=: the child's USER, LOGNAME and HOME are its own.
-            base_env.retain(|(k, _)| k != "USER" && k != "LOGNAME" && k != "HOME");
-            base_env.push(("USER".into(), name.clone().into()));
-            base_env.push(("LOGNAME".into(), name.into()));
-            base_env.push(("HOME".into(), home.into_os_string()));
-            Some(c)
+            let user = ChildUser {
+                name: &name,
+                home: home.as_os_str(),
+            };
+            (Some(c), child_env::base(std::env::vars_os(), Some(user)))
         }
         None if cli.group.is_some() => {
-            return Err("--group needs --user (the user whose groups to use)".into())
+            return Err(Error::Start(
+                "--group needs --user (the user whose groups to use)".into(),
+            ))
         }
-        None => None,
+        None => (None, child_env::base(std::env::vars_os(), None)),
     };
     let socket_owner = match &cli.socket_owner {
-        Some(o) => Some(parse_owner(o)?),
+        Some(o) => Some(parse_owner(o).map_err(Error::Start)?),
         None => None,
     };
     let pid_file = match &cli.pid_file {
-        Some(p) => Some(pidfile::PidFile::check(p)?),
+        Some(p) => Some(pidfile::PidFile::check(p).map_err(Error::Start)?),
         None => None,
     };
     let policy = Policy {
@@ -236,10 +234,10 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
     };
     for w in &cli.watch {
         if !w.exists() {
-            return Err(format!(
+            return Err(Error::Start(format!(
                 "cannot watch {}: no such file or directory",
                 w.display()
-            ));
+            )));
         }
     }
     let child = ChildSpec {
@@ -248,32 +246,40 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
         base_env,
         creds: creds.clone(),
     };
-    let sd = sdnotify::SdNotify::from_env();
+    let manager = sdnotify::SdNotify::from_env();
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the event loop: {e}"))?;
+        .map_err(|e| Error::Start(format!("cannot start the event loop: {e}")))?;
     rt.block_on(async move {
         // Signal handlers first: a SIGHUP before they exist would kill handoff.
-        let signals = driver::Signals::new();
+        let signals = signals::Signals::new()
+            .map_err(|e| Error::Start(format!("cannot install signal handlers: {e}")))?;
         handoff_sys::reaper::become_subreaper()
-            .map_err(|e| format!("cannot become a child subreaper: {e}"))?;
-        let listeners = setup_listeners(&cli, inherited, backlog, cli.socket_mode, socket_owner)?;
+            .map_err(|e| Error::Start(format!("cannot become a child subreaper: {e}")))?;
+        let listeners = setup_listeners(&cli, inherited, backlog, cli.socket_mode, socket_owner)
+            .map_err(Error::Start)?;
         // From here on, `listeners` removes its socket files if we return early.
         let guard = ListenerGuard(listeners);
-        let control = setup_control(&cli)?;
-        let dir = RuntimeDir::create()
-            .map_err(|e| format!("cannot create a runtime directory for notify sockets: {e}"))?;
+        let control = setup_control(&cli).map_err(Error::Start)?;
+        let dir = RuntimeDir::create().map_err(|e| {
+            Error::Start(format!(
+                "cannot create a runtime directory for notify sockets: {e}"
+            ))
+        })?;
         if let Some(c) = &creds {
-            dir.chown(c.uid, c.gid)
-                .map_err(|e| format!("cannot hand the notify directory to the child's user: {e}"))?;
+            dir.chown(c.uid, c.gid).map_err(|e| {
+                Error::Start(format!(
+                    "cannot hand the notify directory to the child's user: {e}"
+                ))
+            })?;
         }
         let pid_file = match pid_file {
-            Some(p) => Some(p.write()?),
+            Some(p) => Some(p.write().map_err(Error::Start)?),
             None => None,
         };
-        let watcher = driver::watch(&cli.watch)?;
+        let watcher = watch::start(&cli.watch).map_err(Error::Start)?;
         let listeners = guard.into_inner();
         for (i, l) in listeners.iter().enumerate() {
             tracing::info!(event = "listening", index = i, fd = 3 + i, name = %l.name, addr = %l.local,
@@ -282,14 +288,16 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
                 if l.inherited { ", from the service manager" } else { "" });
         }
         let sup = Supervisor::new(policy, Instant::now());
-        let extras = Extras {
+        let services = Services {
             control,
             pid_file,
-            sd,
+            manager,
             watcher,
             probe: cli.ready_probe.clone(),
         };
-        Ok(Driver::new(sup, listeners, child, dir, extras).run(signals).await)
+        Ok(Driver::new(sup, listeners, child, dir, services)
+            .run(signals)
+            .await)
     })
 }
 

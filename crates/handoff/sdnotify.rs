@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
+use crate::status::ManagerDatagram;
+
 pub struct SdNotify {
     sock: UnixDatagram,
     addr: SocketAddr,
@@ -51,8 +53,31 @@ impl SdNotify {
         })
     }
 
+    /// Send one datagram for `d`.
+    pub fn send(&self, d: &ManagerDatagram) {
+        match d {
+            ManagerDatagram::Ready(s) => {
+                self.send_states(&[NotifyState::Ready, NotifyState::Status(s)])
+            }
+            ManagerDatagram::Status(s) => self.send_states(&[NotifyState::Status(s)]),
+            // Type=notify-reload needs RELOADING=1 and MONOTONIC_USEC in the same datagram.
+            ManagerDatagram::Reloading(s) => match NotifyState::monotonic_usec_now() {
+                Ok(now) => self.send_states(&[NotifyState::Reloading, now, NotifyState::Status(s)]),
+                Err(_) => self.send_states(&[NotifyState::Reloading, NotifyState::Status(s)]),
+            },
+            ManagerDatagram::Stopping(s) => {
+                self.send_states(&[NotifyState::Stopping, NotifyState::Status(s)])
+            }
+        }
+    }
+
+    /// `WATCHDOG=1`.
+    pub fn watchdog(&self) {
+        self.send_states(&[NotifyState::Watchdog]);
+    }
+
     /// Send one datagram with these assignments (one `sendmsg`, as systemd requires).
-    pub fn send(&self, states: &[NotifyState<'_>]) {
+    fn send_states(&self, states: &[NotifyState<'_>]) {
         let mut msg = String::new();
         for s in states {
             msg.push_str(&s.to_string());
@@ -60,14 +85,6 @@ impl SdNotify {
         }
         if let Err(e) = self.sock.send_to_addr(msg.as_bytes(), &self.addr) {
             tracing::debug!("sd_notify failed: {e}");
-        }
-    }
-
-    /// RELOADING=1 with MONOTONIC_USEC in the same datagram (Type=notify-reload needs both).
-    pub fn reloading(&self, status: &str) {
-        match NotifyState::monotonic_usec_now() {
-            Ok(now) => self.send(&[NotifyState::Reloading, now, NotifyState::Status(status)]),
-            Err(_) => self.send(&[NotifyState::Reloading, NotifyState::Status(status)]),
         }
     }
 }

@@ -1,19 +1,28 @@
-//! The generation state machine: every reload, drain, rollback and shutdown decision.
+//! The generation state machine: every reload, drain, rollback and shutdown decision, every
+//! answer to a control request and every message to handoff's own service manager.
 //!
 //! It is *sans-IO* in quinn-proto's sense: it owns no process, socket or clock. The shell
 //! feeds it [`Event`]s with the current [`Instant`] through [`Supervisor::handle`], then drains
-//! [`Supervisor::poll_action`] and performs each [`Action`], and sleeps until
+//! [`Supervisor::poll_action`] and performs each [`Action`] in order, and sleeps until
 //! [`Supervisor::poll_timeout`]. Unit tests drive it with a fake clock and no processes.
 //!
 //! Rules that keep it simple:
-//! - Phase changes go through one function, `set_phase`, which arms and disarms the matching
-//!   timers (as systemd's `service_set_state` does). Handlers never touch timers directly.
-//! - Timers are keyed by generation, never by pid: once a generation has exited its timers are
-//!   gone, so a late deadline can never signal a pid that was reaped and reused.
+//! - Every effect is an [`Action`]. [`Report`]s are telemetry only: the shell logs them and
+//!   never acts on them.
+//! - A generation's phase ([`Phase`]) carries the data valid in it (a pid once it exists, when
+//!   it became ready, when it was told to stop): no optional pid, no zero sentinel.
+//! - Phase changes go through one function, `set_phase`, which arms and disarms the
+//!   generation's timers (as systemd's `service_set_state` does). The only other timer writes
+//!   are `EXTEND_TIMEOUT_USEC` (which moves the current phase's deadline), the probe re-arm
+//!   after a failed probe, and the two handoff-wide timers (restart back-off, watch debounce).
 //! - Events that make no sense in the current phase (READY=1 from a draining child, an exit of
 //!   an unknown pid) are ignored, never a panic.
 
-use std::collections::{BTreeMap, VecDeque};
+mod timers;
+
+use timers::{Timer, Timers};
+
+use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -24,6 +33,8 @@ use crate::signal::Signal;
 pub type GenId = u64;
 /// A process id as the kernel reports it.
 pub type Pid = u32;
+/// Identifies one control request (`handoff reload|status|stop`) so its answer finds it.
+pub type RequestId = u64;
 
 /// How a process ended, as reported by the reaper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,13 +131,30 @@ impl Default for Policy {
     }
 }
 
+/// Who is waiting for the answer to a request, and for which answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyTo {
+    /// Nobody: a signal, a watched file, handoff itself.
+    Nobody,
+    /// Answer as soon as the request is accepted (`handoff reload --no-wait`).
+    Now(RequestId),
+    /// Answer with the outcome (`handoff reload`).
+    WhenDone(RequestId),
+}
+
 /// Everything that can happen to handoff, already validated and typed by the shell.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// SIGHUP, a control command or a watched file: start a new generation.
-    Reload,
-    /// SIGTERM/SIGINT or `handoff stop`. A second one means "kill everything now".
-    Shutdown { signal: Signal },
+    Reload { reply: ReplyTo },
+    /// SIGTERM/SIGINT, or `handoff stop` (`request`, answered now and again at exit). A second
+    /// one means "kill everything now".
+    Shutdown {
+        signal: Signal,
+        request: Option<RequestId>,
+    },
+    /// `handoff status`: answered at once with [`Outcome::Status`].
+    Status { request: RequestId },
     /// A signal to pass on to the serving child (SIGUSR1, SIGUSR2).
     Forward { signal: Signal },
     /// The shell started the process for `gen`.
@@ -143,6 +171,9 @@ pub enum Event {
     ProbeResult { gen: GenId, ok: bool },
     /// A watched file changed (`--watch`); reloads after the debounce delay.
     FileChanged,
+    /// The answer to [`Action::CheckListeners`]: how many listeners the shell found broken
+    /// (a child called `shutdown()` on them) and re-created.
+    ListenersRestored { count: usize },
 }
 
 /// Whom a signal is for.
@@ -157,6 +188,7 @@ pub enum Target {
 
 /// What the shell must do, in order.
 #[derive(Clone, Debug, PartialEq)]
+#[must_use]
 pub enum Action {
     /// Start the child for generation `gen` and answer with `Spawned` or `SpawnFailed`.
     Spawn { gen: GenId },
@@ -167,17 +199,89 @@ pub enum Action {
         target: Target,
         signal: Signal,
     },
-    /// `gen` is gone: SIGKILL whatever is left in its process group `pgid` (forked workers
-    /// that outlived their master; `None` when no process was started), then drain and
-    /// release the generation's notify socket.
-    Release { gen: GenId, pgid: Option<Pid> },
+    /// `gen` is gone: close its notify socket and, when `leftovers` names its process group,
+    /// SIGKILL whatever is left in it (forked workers that outlived their master).
+    Retire { gen: GenId, leftovers: Option<Pid> },
+    /// The process of `gen` exited: check whether it broke a shared listener, re-create what
+    /// it broke, and answer with [`Event::ListenersRestored`].
+    CheckListeners { gen: GenId },
     /// Run the readiness probe for `gen` (whose main process is `pid`) and answer with
     /// `ProbeResult`.
     Probe { gen: GenId, pid: Pid },
-    /// A fact worth logging; also what `handoff reload` and `status` report.
+    /// The probe of `gen` still running is no longer needed: kill it (its result will be
+    /// ignored).
+    StopProbe { gen: GenId },
+    /// Tell handoff's own service manager (systemd's `NOTIFY_SOCKET`), if it has one.
+    Tell(ManagerMessage),
+    /// Answer control request `request`.
+    Reply {
+        request: RequestId,
+        outcome: Outcome,
+    },
+    /// A fact worth logging. Telemetry only: nothing else depends on it.
     Report(Report),
     /// handoff is done: clean up and exit with this code.
     Exit(i32),
+}
+
+/// What handoff tells its service manager (sd_notify).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ManagerMessage {
+    /// `READY=1` and the serving generation as `STATUS=`: the first generation is ready, or a
+    /// reload ended well.
+    Ready { gen: GenId, pid: Pid },
+    /// Only `STATUS=`: a replacement after a crash serves (no reload was announced).
+    Serving { gen: GenId, pid: Pid },
+    /// `RELOADING=1` with `MONOTONIC_USEC` (Type=notify-reload needs both in one datagram).
+    Reloading { gen: GenId },
+    /// A reload failed: systemd has no message for that, so the reload ends (`READY=1`) and
+    /// `STATUS=` says why; `handoff reload`'s exit status is the authoritative outcome.
+    ReloadFailed(ReloadOutcome),
+    /// `STOPPING=1`.
+    Stopping,
+}
+
+/// The answer to a control request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// The reload was accepted (`--no-wait`).
+    ReloadRequested,
+    /// The reload this request waited for ended.
+    Reload(ReloadOutcome),
+    /// The request cannot be carried out: handoff is stopping.
+    ShuttingDown,
+    /// `handoff status`: the shell renders [`Supervisor::snapshot`] with what it holds.
+    Status,
+    /// `handoff stop` was accepted; a final [`Outcome::Stopped`] follows at exit.
+    Stopping,
+    /// handoff is about to exit with `code` (a `stop` request's final answer).
+    Stopped { code: i32 },
+}
+
+impl Outcome {
+    /// Whether the request gets no further answer after this one.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Self::Stopping)
+    }
+}
+
+/// How a reload ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReloadOutcome {
+    /// The generation the reload started.
+    pub gen: GenId,
+    /// `None` when it took over; why it did not otherwise.
+    pub failure: Option<FailReason>,
+    /// From its start to READY=1 or to the failure.
+    pub after: Duration,
+    /// The generation serving afterwards, and its pid.
+    pub serving: Option<(GenId, Pid)>,
+}
+
+impl ReloadOutcome {
+    pub fn ok(&self) -> bool {
+        self.failure.is_none()
+    }
 }
 
 /// Why a generation is killed with SIGKILL.
@@ -228,29 +332,43 @@ pub enum StartReason {
     Restart,
 }
 
-/// Facts for the log and for control clients.
+impl StartReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Initial => "initial",
+            Self::Reload => "reload",
+            Self::Restart => "restart",
+        }
+    }
+}
+
+/// Facts for the log. Telemetry only.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Report {
     /// A reload was requested; `coalesced` when it was folded into one already pending.
     ReloadRequested { coalesced: bool },
     /// A reload request arrived while shutting down and was dropped.
     ReloadIgnored,
+    /// The process of `gen` exists; `since_request` is the time from the reload request.
     Spawned {
         gen: GenId,
         pid: Pid,
         reason: StartReason,
+        since_request: Option<Duration>,
     },
-    /// READY=1 (or `--ready-after`) `after` the spawn.
+    /// READY=1 (or `--ready-after`, or the probe) `after` the spawn.
     Ready {
         gen: GenId,
         pid: Pid,
         after: Duration,
     },
-    /// The stop signal was sent.
+    /// The stop signal was sent. `handover_from` is when the successor's READY=1 arrived,
+    /// when this stop is a hand-over.
     Stopping {
         gen: GenId,
         pid: Pid,
         signal: Signal,
+        handover_from: Option<Instant>,
     },
     /// A generation that was told to stop has exited, `after` the stop signal.
     Drained {
@@ -265,19 +383,15 @@ pub enum Report {
         pid: Pid,
         reason: KillReason,
     },
-    /// A new generation did not take over; the previous one (if any) keeps serving.
+    /// A new generation did not take over; the previous one (if any) keeps serving. `pid` is
+    /// `None` when no process was started.
     Failed {
         gen: GenId,
         pid: Option<Pid>,
         reason: FailReason,
     },
-    /// The outcome of a reload. `serving` is the generation serving afterwards.
-    ReloadFinished {
-        gen: GenId,
-        ok: bool,
-        after: Duration,
-        serving: Option<(GenId, Pid)>,
-    },
+    /// The outcome of a reload.
+    ReloadFinished(ReloadOutcome),
     /// The serving child died on its own.
     Exited {
         gen: GenId,
@@ -304,77 +418,121 @@ pub enum Report {
     Unkillable { gen: GenId, pid: Pid },
 }
 
-/// The lifecycle of one generation, named after what its process is going through.
+/// The lifecycle of one generation. Each phase carries what is known in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
-    /// `Action::Spawn` issued, no pid yet.
+    /// `Action::Spawn` issued, no process yet.
     Spawning,
     /// Running, waiting for READY=1.
-    Starting,
+    Starting { pid: Pid },
     /// Ready and accepting.
-    Serving,
-    /// Stop signal sent; draining until it exits or the drain timeout.
-    Stopping,
-    /// SIGKILL sent to its group; waiting for the reaper.
-    Killing,
+    Serving { pid: Pid, ready_at: Instant },
+    /// Stop signal sent `since`; draining until it exits or the drain timeout. `ready_at` is
+    /// `None` for a generation stopped before it was ever ready.
+    Draining {
+        pid: Pid,
+        since: Instant,
+        ready_at: Option<Instant>,
+    },
+    /// SIGKILL sent to its group; waiting for the reaper. `since` is when it was first told
+    /// to stop (stop signal or SIGKILL).
+    Killing {
+        pid: Pid,
+        since: Instant,
+        ready_at: Option<Instant>,
+    },
+}
+
+impl Phase {
+    /// The main process, once it exists.
+    pub fn pid(&self) -> Option<Pid> {
+        match *self {
+            Self::Spawning => None,
+            Self::Starting { pid }
+            | Self::Serving { pid, .. }
+            | Self::Draining { pid, .. }
+            | Self::Killing { pid, .. } => Some(pid),
+        }
+    }
+
+    /// When it became ready, if it ever did.
+    pub fn ready_at(&self) -> Option<Instant> {
+        match *self {
+            Self::Spawning | Self::Starting { .. } => None,
+            Self::Serving { ready_at, .. } => Some(ready_at),
+            Self::Draining { ready_at, .. } | Self::Killing { ready_at, .. } => ready_at,
+        }
+    }
+
+    /// The one name of the phase, in the log, in `status` and in the code.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Spawning => "spawning",
+            Self::Starting { .. } => "starting",
+            Self::Serving { .. } => "serving",
+            Self::Draining { .. } => "draining",
+            Self::Killing { .. } => "killing",
+        }
+    }
+
+    fn is_starting(&self) -> bool {
+        matches!(self, Self::Spawning | Self::Starting { .. })
+    }
 }
 
 /// A snapshot of one generation, for `status`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GenerationStatus {
     pub gen: GenId,
-    pub pid: Option<Pid>,
     pub phase: Phase,
+    pub reason: StartReason,
     pub age: Duration,
     pub time_to_ready: Option<Duration>,
+    /// The generation's next deadline (ready timeout, drain timeout, ...).
+    pub deadline: Option<Instant>,
+}
+
+/// What `status` shows of the state machine.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    /// Every live generation, oldest first.
+    pub generations: Vec<GenerationStatus>,
+    /// The generation serving (the newest one if several), and its pid.
+    pub serving: Option<(GenId, Pid)>,
+    /// Reloads started so far.
+    pub reloads: u64,
+    /// The last reload's outcome, and when it ended.
+    pub last_reload: Option<(ReloadOutcome, Instant)>,
+    pub shutting_down: bool,
 }
 
 #[derive(Clone, Debug)]
 struct Generation {
     id: GenId,
-    pid: Option<Pid>,
-    phase: Phase,
     reason: StartReason,
-    spawned_at: Instant,
-    ready_at: Option<Instant>,
-    stop_at: Option<Instant>,
+    phase: Phase,
+    /// When `Action::Spawn` was issued.
+    started_at: Instant,
+    /// When the reload that started it was requested.
+    requested_at: Option<Instant>,
+    /// Control requests waiting for the outcome of the reload that started it.
+    waiters: Vec<RequestId>,
+    /// A `--ready-probe` process is running for it.
+    probe_running: bool,
 }
 
-/// Deadlines, each keyed by the generation it belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Timer {
-    /// `--ready-after` elapsed: the child counts as ready.
-    ReadyAfter(GenId),
-    /// `--ready-timeout` elapsed: the child failed to start.
-    ReadyDeadline(GenId),
-    /// `--drain-timeout` elapsed: SIGKILL the group.
-    KillDeadline(GenId),
-    /// SIGKILL sent long ago and still not reaped: give up on it.
-    ReapDeadline(GenId),
-    /// Next run of the readiness probe.
-    Probe(GenId),
-    /// Back-off before replacing a crashed child.
-    Restart,
-    /// Watched files are quiet again: reload.
-    WatchDebounce,
+/// A reload requested while another generation was starting: it starts afterwards.
+#[derive(Clone, Debug)]
+struct PendingReload {
+    requested_at: Instant,
+    waiters: Vec<RequestId>,
 }
 
-impl Timer {
-    fn gen(self) -> Option<GenId> {
-        match self {
-            Self::ReadyAfter(g)
-            | Self::ReadyDeadline(g)
-            | Self::KillDeadline(g)
-            | Self::ReapDeadline(g)
-            | Self::Probe(g) => Some(g),
-            Self::Restart | Self::WatchDebounce => None,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct ShutdownState {
     forced: bool,
+    /// `handoff stop` requests, answered again at exit.
+    requests: Vec<RequestId>,
 }
 
 /// The state machine. See the module documentation.
@@ -383,20 +541,22 @@ pub struct Supervisor {
     policy: Policy,
     gens: Vec<Generation>,
     next_gen: GenId,
-    /// A reload was requested while a generation was starting: start one more afterwards.
-    pending_reload: bool,
+    pending_reload: Option<PendingReload>,
     shutdown: Option<ShutdownState>,
     /// Some process had to be SIGKILLed during shutdown.
     killed_any: bool,
     /// A child has been ready at least once: before that, exec failures end handoff.
     ever_ready: bool,
+    /// READY=1 was sent to the service manager.
+    manager_ready: bool,
     backoff: Duration,
-    timers: BTreeMap<Timer, Instant>,
+    timers: Timers,
     actions: VecDeque<Action>,
     finished: Option<i32>,
     /// Exit code decided before the children are down (`--restart never`).
     finished_code: Option<i32>,
     reloads: u64,
+    last_reload: Option<(ReloadOutcome, Instant)>,
 }
 
 impl Supervisor {
@@ -407,29 +567,44 @@ impl Supervisor {
             policy,
             gens: Vec::new(),
             next_gen: 1,
-            pending_reload: false,
+            pending_reload: None,
             shutdown: None,
             killed_any: false,
             ever_ready: false,
+            manager_ready: false,
             backoff,
-            timers: BTreeMap::new(),
+            timers: Timers::default(),
             actions: VecDeque::new(),
             finished: None,
             finished_code: None,
             reloads: 0,
+            last_reload: None,
         };
-        sup.start_generation(StartReason::Initial, now);
+        sup.start_generation(StartReason::Initial, now, None, Vec::new());
         sup
     }
 
     /// The only mutator: record `event`, then queue the actions that follow from it.
     pub fn handle(&mut self, event: Event, now: Instant) {
         if self.finished.is_some() {
+            // Requests that reach an exiting handoff still get an answer.
+            match event {
+                Event::Reload {
+                    reply: ReplyTo::Now(request) | ReplyTo::WhenDone(request),
+                }
+                | Event::Shutdown {
+                    request: Some(request),
+                    ..
+                } => self.reply(request, Outcome::ShuttingDown),
+                Event::Status { request } => self.reply(request, Outcome::Status),
+                _ => {}
+            }
             return;
         }
         match event {
-            Event::Reload => self.on_reload(now),
-            Event::Shutdown { signal } => self.on_shutdown(signal, now),
+            Event::Reload { reply } => self.on_reload(reply, now),
+            Event::Shutdown { signal, request } => self.on_shutdown(signal, request, now),
+            Event::Status { request } => self.reply(request, Outcome::Status),
             Event::Forward { signal } => self.on_forward(signal),
             Event::Spawned { gen, pid } => self.on_spawned(gen, pid, now),
             Event::SpawnFailed { gen, error } => self.on_spawn_failed(gen, error, now),
@@ -441,7 +616,14 @@ impl Supervisor {
                 if self.shutdown.is_none() {
                     // Trailing debounce: a burst of writes gives one reload, after it ends.
                     self.timers
-                        .insert(Timer::WatchDebounce, now + self.policy.watch_debounce);
+                        .set(Timer::WatchDebounce, now + self.policy.watch_debounce);
+                }
+            }
+            Event::ListenersRestored { count } => {
+                // The serving generation holds the dead socket: only a new generation gets
+                // the new one. Until it is ready, clients wait in the new socket's queue.
+                if count > 0 && self.shutdown.is_none() {
+                    self.on_reload(ReplyTo::Nobody, now);
                 }
             }
         }
@@ -455,7 +637,7 @@ impl Supervisor {
 
     /// When to send `Event::Timeout` next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.values().min().copied()
+        self.timers.next()
     }
 
     /// `Some(code)` once handoff should exit (also queued as `Action::Exit`).
@@ -465,112 +647,130 @@ impl Supervisor {
 
     /// The generation currently serving (the newest one if several).
     pub fn serving(&self) -> Option<(GenId, Pid)> {
-        self.gens
-            .iter()
-            .rev()
-            .find(|g| g.phase == Phase::Serving)
-            .and_then(|g| g.pid.map(|p| (g.id, p)))
+        self.gens.iter().rev().find_map(|g| match g.phase {
+            Phase::Serving { pid, .. } => Some((g.id, pid)),
+            _ => None,
+        })
     }
 
-    /// Whether a generation is being started right now.
-    pub fn starting(&self) -> Option<GenId> {
-        self.gens
-            .iter()
-            .find(|g| matches!(g.phase, Phase::Spawning | Phase::Starting))
-            .map(|g| g.id)
-    }
-
-    /// Why generation `gen` was started.
-    pub fn start_reason(&self, gen: GenId) -> Option<StartReason> {
-        self.find(gen).map(|i| self.gens[i].reason)
-    }
-
-    /// Whether a shutdown has begun.
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutdown.is_some()
-    }
-
-    /// Number of reloads started so far.
-    pub fn reload_count(&self) -> u64 {
-        self.reloads
-    }
-
-    /// Pid of a live generation's main process.
-    pub fn pid_of(&self, gen: GenId) -> Option<Pid> {
-        self.find(gen).and_then(|i| self.gens[i].pid)
-    }
-
-    /// A snapshot of every live generation, oldest first.
-    pub fn status(&self, now: Instant) -> Vec<GenerationStatus> {
-        self.gens
+    /// What `status` shows.
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let generations = self
+            .gens
             .iter()
             .map(|g| GenerationStatus {
                 gen: g.id,
-                pid: g.pid,
                 phase: g.phase,
-                age: now.saturating_duration_since(g.spawned_at),
+                reason: g.reason,
+                age: now.saturating_duration_since(g.started_at),
                 time_to_ready: g
-                    .ready_at
-                    .map(|r| r.saturating_duration_since(g.spawned_at)),
+                    .phase
+                    .ready_at()
+                    .map(|r| r.saturating_duration_since(g.started_at)),
+                deadline: self.timers.next_of(g.id),
             })
-            .collect()
+            .collect();
+        Snapshot {
+            generations,
+            serving: self.serving(),
+            reloads: self.reloads,
+            last_reload: self.last_reload.clone(),
+            shutting_down: self.shutdown.is_some(),
+        }
     }
 
     // ---- event handlers ------------------------------------------------------------------
 
-    fn on_reload(&mut self, now: Instant) {
+    fn on_reload(&mut self, reply: ReplyTo, now: Instant) {
         if self.shutdown.is_some() {
             self.report(Report::ReloadIgnored);
+            if let ReplyTo::Now(r) | ReplyTo::WhenDone(r) = reply {
+                self.reply(r, Outcome::ShuttingDown);
+            }
             return;
         }
+        if let ReplyTo::Now(r) = reply {
+            self.reply(r, Outcome::ReloadRequested);
+        }
+        let waiters: Vec<RequestId> = match reply {
+            ReplyTo::WhenDone(r) => vec![r],
+            _ => Vec::new(),
+        };
         if self.starting().is_some() {
-            // Coalesce: however many requests arrive during a start, one more reload follows.
+            // Coalesce: however many requests arrive during a start, one more reload follows,
+            // and every waiter waits for that one.
             self.report(Report::ReloadRequested {
-                coalesced: self.pending_reload,
+                coalesced: self.pending_reload.is_some(),
             });
-            self.pending_reload = true;
+            self.pending_reload
+                .get_or_insert_with(|| PendingReload {
+                    requested_at: now,
+                    waiters: Vec::new(),
+                })
+                .waiters
+                .extend(waiters);
             return;
         }
         self.report(Report::ReloadRequested { coalesced: false });
         // An explicit request overrides a pending back-off: the operator likely deployed a fix.
-        self.timers.remove(&Timer::Restart);
-        self.start_generation(StartReason::Reload, now);
+        self.timers.cancel(Timer::Restart);
+        self.start_generation(StartReason::Reload, now, Some(now), waiters);
     }
 
-    fn on_shutdown(&mut self, signal: Signal, now: Instant) {
-        match self.shutdown {
-            Some(ShutdownState { forced: true }) => {}
-            Some(_) => {
-                self.shutdown = Some(ShutdownState { forced: true });
+    fn on_shutdown(&mut self, signal: Signal, request: Option<RequestId>, now: Instant) {
+        if let Some(r) = request {
+            self.reply(r, Outcome::Stopping);
+        }
+        match &mut self.shutdown {
+            Some(s) if s.forced => s.requests.extend(request),
+            Some(s) => {
+                s.forced = true;
+                s.requests.extend(request);
                 self.report(Report::ShutdownStarted {
                     signal,
                     forced: true,
                 });
                 for i in 0..self.gens.len() {
-                    if self.gens[i].pid.is_some() && self.gens[i].phase != Phase::Killing {
+                    if matches!(
+                        self.gens[i].phase,
+                        Phase::Starting { .. } | Phase::Serving { .. } | Phase::Draining { .. }
+                    ) {
                         self.kill(i, KillReason::Forced, now);
                     }
                 }
             }
             None => {
-                self.shutdown = Some(ShutdownState { forced: false });
+                self.shutdown = Some(ShutdownState {
+                    forced: false,
+                    requests: request.into_iter().collect(),
+                });
                 self.report(Report::ShutdownStarted {
                     signal,
                     forced: false,
                 });
-                self.pending_reload = false;
-                self.timers.remove(&Timer::Restart);
-                self.timers.remove(&Timer::WatchDebounce);
+                self.tell(ManagerMessage::Stopping);
+                if let Some(p) = self.pending_reload.take() {
+                    for r in p.waiters {
+                        self.reply(r, Outcome::ShuttingDown);
+                    }
+                }
+                self.timers.cancel(Timer::Restart);
+                self.timers.cancel(Timer::WatchDebounce);
                 // First report the interrupted start (while the old generation still counts
                 // as serving), then tell everyone to stop.
-                if let Some(i) = self.gens.iter().position(|g| g.phase == Phase::Starting) {
-                    self.fail_reload(i, FailReason::Shutdown, now);
+                if let Some(i) = self
+                    .gens
+                    .iter()
+                    .position(|g| matches!(g.phase, Phase::Starting { .. }))
+                {
+                    let g = self.gens[i].clone();
+                    self.fail_start(&g, FailReason::Shutdown, now);
                 }
                 for i in 0..self.gens.len() {
                     match self.gens[i].phase {
-                        Phase::Starting | Phase::Serving => self.stop(i, now),
+                        Phase::Starting { .. } | Phase::Serving { .. } => self.stop(i, None, now),
                         // Spawning: stopped as soon as its pid is known (on_spawned).
-                        Phase::Spawning | Phase::Stopping | Phase::Killing => {}
+                        Phase::Spawning | Phase::Draining { .. } | Phase::Killing { .. } => {}
                     }
                 }
             }
@@ -600,16 +800,25 @@ impl Supervisor {
         if self.gens[i].phase != Phase::Spawning {
             return;
         }
-        self.gens[i].pid = Some(pid);
-        let reason = self.gens[i].reason;
-        self.report(Report::Spawned { gen, pid, reason });
-        self.set_phase(i, Phase::Starting, now);
-        if let Some(sd) = self.shutdown {
-            if sd.forced {
+        let g = &self.gens[i];
+        let (reason, since_request) = (
+            g.reason,
+            g.requested_at.map(|t| now.saturating_duration_since(t)),
+        );
+        self.report(Report::Spawned {
+            gen,
+            pid,
+            reason,
+            since_request,
+        });
+        self.set_phase(i, Phase::Starting { pid }, now);
+        if let Some(forced) = self.shutdown.as_ref().map(|s| s.forced) {
+            let g = self.gens[i].clone();
+            self.fail_start(&g, FailReason::Shutdown, now);
+            if forced {
                 self.kill(i, KillReason::Forced, now);
             } else {
-                self.fail_reload(i, FailReason::Shutdown, now);
-                self.stop(i, now);
+                self.stop(i, None, now);
             }
         }
     }
@@ -619,8 +828,7 @@ impl Supervisor {
         if self.gens[i].phase != Phase::Spawning {
             return;
         }
-        let g = self.gens[i].clone();
-        self.remove(i);
+        let g = self.remove(i, None);
         self.fail_start(&g, FailReason::SpawnFailed(error), now);
         if self.shutdown.is_none() {
             if self.ever_ready {
@@ -634,9 +842,11 @@ impl Supervisor {
 
     fn on_notify(&mut self, gen: GenId, msg: &NotifyMessage, now: Instant) {
         let Some(i) = self.find(gen) else { return };
-        let Some(pid) = self.gens[i].pid else { return };
+        let Some(pid) = self.gens[i].phase.pid() else {
+            return;
+        };
         // READY=1 first: the hand-over (stop signals) must not wait behind log lines.
-        if msg.ready && self.gens[i].phase == Phase::Starting {
+        if msg.ready && matches!(self.gens[i].phase, Phase::Starting { .. }) {
             self.become_ready(i, now);
         }
         if let Some(text) = &msg.status {
@@ -652,34 +862,28 @@ impl Supervisor {
         if let Some(usec) = msg.extend_timeout_usec {
             // systemd semantics: the current phase's deadline becomes at least now + usec.
             let timer = match self.gens[i].phase {
-                Phase::Starting => Some(Timer::ReadyDeadline(gen)),
-                Phase::Stopping => Some(Timer::KillDeadline(gen)),
+                Phase::Starting { .. } => Some(Timer::ReadyDeadline(gen)),
+                Phase::Draining { .. } => Some(Timer::KillDeadline(gen)),
                 _ => None,
             };
             if let Some(t) = timer {
-                let want = now + Duration::from_micros(usec);
-                if let Some(at) = self.timers.get_mut(&t) {
-                    *at = (*at).max(want);
-                }
+                self.timers.extend(t, now + Duration::from_micros(usec));
             }
         }
     }
 
     fn on_exited(&mut self, pid: Pid, status: ExitStatus, now: Instant) {
-        let Some(i) = self.gens.iter().position(|g| g.pid == Some(pid)) else {
+        let Some(i) = self.gens.iter().position(|g| g.phase.pid() == Some(pid)) else {
             return; // an adopted orphan, or a worker: nothing to decide
         };
-        let g = self.gens[i].clone();
-        let gen = g.id;
-        if g.phase == Phase::Spawning {
-            return;
-        }
-        // Release first (leftover workers killed, notify socket closed), so that every report
+        // Retire first (leftover workers killed, notify socket closed), so that every report
         // below describes a generation that is entirely gone.
-        self.remove_exited(i, pid);
+        let g = self.remove(i, Some(pid));
+        let gen = g.id;
+        self.actions.push_back(Action::CheckListeners { gen });
         match g.phase {
-            Phase::Spawning => {}
-            Phase::Starting => {
+            Phase::Spawning => {} // no pid: not found above
+            Phase::Starting { .. } => {
                 self.fail_start(&g, FailReason::ExitedBeforeReady(status), now);
                 if self.shutdown.is_none() {
                     if self.policy.restart == RestartPolicy::Never && self.serving().is_none() {
@@ -689,11 +893,9 @@ impl Supervisor {
                     }
                 }
             }
-            Phase::Serving => {
+            Phase::Serving { ready_at, .. } => {
                 self.report(Report::Exited { gen, pid, status });
-                let served = g
-                    .ready_at
-                    .map_or(Duration::ZERO, |r| now.saturating_duration_since(r));
+                let served = now.saturating_duration_since(ready_at);
                 if self.serving().is_some() || self.starting().is_some() {
                     // Another generation serves or is about to: nothing to replace.
                 } else if self.policy.restart == RestartPolicy::Never {
@@ -705,18 +907,15 @@ impl Supervisor {
                     self.schedule_restart(now);
                 }
             }
-            Phase::Stopping | Phase::Killing if g.ready_at.is_none() => {
+            Phase::Draining { ready_at: None, .. } | Phase::Killing { ready_at: None, .. } => {
                 self.report(Report::Reaped { gen, pid, status });
                 self.after_failed_start(now);
             }
-            Phase::Stopping | Phase::Killing => {
-                let after = g
-                    .stop_at
-                    .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+            Phase::Draining { since, .. } | Phase::Killing { since, .. } => {
                 self.report(Report::Drained {
                     gen,
                     pid,
-                    after,
+                    after: now.saturating_duration_since(since),
                     status,
                 });
             }
@@ -725,131 +924,154 @@ impl Supervisor {
 
     fn on_probe_result(&mut self, gen: GenId, ok: bool, now: Instant) {
         let Some(i) = self.find(gen) else { return };
-        if self.gens[i].phase != Phase::Starting {
+        self.gens[i].probe_running = false;
+        if !matches!(self.gens[i].phase, Phase::Starting { .. }) {
             return;
         }
         if ok {
             self.become_ready(i, now);
         } else if let Some(every) = self.policy.probe_interval {
-            self.timers.insert(Timer::Probe(gen), now + every);
+            self.timers.set(Timer::Probe(gen), now + every);
         }
     }
 
     fn on_timeout(&mut self, now: Instant) {
-        // Handle expired timers in deadline order; each handler may arm or disarm others.
-        while let Some((timer, _)) = self
-            .timers
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .min_by_key(|(_, at)| **at)
-            .map(|(t, at)| (*t, *at))
-        {
-            self.timers.remove(&timer);
+        // Expired timers in deadline order; each handler may arm or disarm others.
+        while let Some(timer) = self.timers.pop_expired(now) {
             let idx = timer.gen().and_then(|g| self.find(g));
-            match (timer, idx) {
-                (Timer::Restart, _) if self.shutdown.is_none() && self.starting().is_none() => {
-                    self.start_generation(StartReason::Restart, now);
+            let phase = idx.map(|i| self.gens[i].phase);
+            match (timer, idx, phase) {
+                (Timer::Restart, _, _) if self.shutdown.is_none() && self.starting().is_none() => {
+                    self.start_generation(StartReason::Restart, now, None, Vec::new());
                 }
-                (Timer::WatchDebounce, _) => self.on_reload(now),
-                (Timer::Probe(gen), Some(i)) if self.gens[i].phase == Phase::Starting => {
+                (Timer::WatchDebounce, _, _) => self.on_reload(ReplyTo::Nobody, now),
+                (Timer::Probe(gen), Some(i), Some(Phase::Starting { pid })) => {
                     // Not re-armed here: the next run is scheduled when this one reports.
-                    if let Some(pid) = self.gens[i].pid {
-                        self.actions.push_back(Action::Probe { gen, pid });
-                    }
+                    self.gens[i].probe_running = true;
+                    self.actions.push_back(Action::Probe { gen, pid });
                 }
-                (Timer::ReadyAfter(_), Some(i)) if self.gens[i].phase == Phase::Starting => {
+                (Timer::ReadyAfter(_), Some(i), Some(Phase::Starting { .. })) => {
                     self.become_ready(i, now);
                 }
-                (Timer::ReadyDeadline(_), Some(i)) if self.gens[i].phase == Phase::Starting => {
-                    let waited = now.saturating_duration_since(self.gens[i].spawned_at);
-                    self.fail_reload(i, FailReason::ReadyTimeout(waited), now);
+                (Timer::ReadyDeadline(_), Some(i), Some(Phase::Starting { .. })) => {
+                    let g = self.gens[i].clone();
+                    let waited = now.saturating_duration_since(g.started_at);
+                    self.fail_start(&g, FailReason::ReadyTimeout(waited), now);
                     self.kill(i, KillReason::ReadyTimeout, now);
                     // The replacement (if any) is decided when the reaper reports the exit.
                 }
-                (Timer::KillDeadline(_), Some(i)) if self.gens[i].phase == Phase::Stopping => {
+                (Timer::KillDeadline(_), Some(i), Some(Phase::Draining { .. })) => {
                     self.kill(i, KillReason::DrainTimeout, now);
                 }
-                (Timer::ReapDeadline(_), Some(i)) if self.gens[i].phase == Phase::Killing => {
-                    let g = &self.gens[i];
-                    let (gen, pid) = (g.id, g.pid.unwrap_or(0));
+                (Timer::ReapDeadline(gen), Some(i), Some(Phase::Killing { pid, .. })) => {
                     self.report(Report::Unkillable { gen, pid });
                     // Forget it (a late exit is then an unknown pid, never signalled again)
                     // and carry on as if it had exited: replace it if nothing serves.
-                    self.remove(i);
+                    self.remove(i, None);
                     self.after_failed_start(now);
                 }
-                _ => {} // stale: the generation left that phase
+                _ => {} // stale: the generation left that phase (its timers went with it)
             }
         }
     }
 
     // ---- transitions ---------------------------------------------------------------------
 
-    fn start_generation(&mut self, reason: StartReason, now: Instant) {
+    fn start_generation(
+        &mut self,
+        reason: StartReason,
+        now: Instant,
+        requested_at: Option<Instant>,
+        waiters: Vec<RequestId>,
+    ) {
         let id = self.next_gen;
         self.next_gen += 1;
         if reason == StartReason::Reload {
             self.reloads += 1;
+            self.tell(ManagerMessage::Reloading { gen: id });
         }
         self.gens.push(Generation {
             id,
-            pid: None,
-            phase: Phase::Spawning,
             reason,
-            spawned_at: now,
-            ready_at: None,
-            stop_at: None,
+            phase: Phase::Spawning,
+            started_at: now,
+            requested_at,
+            waiters,
+            probe_running: false,
         });
         self.actions.push_back(Action::Spawn { gen: id });
     }
 
     fn become_ready(&mut self, i: usize, now: Instant) {
-        let (gen, pid) = (self.gens[i].id, self.gens[i].pid.unwrap_or(0));
-        let after = now.saturating_duration_since(self.gens[i].spawned_at);
-        self.gens[i].ready_at = Some(now);
+        let Phase::Starting { pid } = self.gens[i].phase else {
+            return;
+        };
+        let gen = self.gens[i].id;
+        let after = now.saturating_duration_since(self.gens[i].started_at);
         self.ever_ready = true;
-        self.set_phase(i, Phase::Serving, now);
+        self.set_phase(i, Phase::Serving { pid, ready_at: now }, now);
         // Only now may older generations go: until this instant they were the ones accepting.
         // Their stop signals come before any report, so no log write delays the hand-over.
         for j in 0..self.gens.len() {
-            if j != i && self.gens[j].phase == Phase::Serving {
-                self.stop(j, now);
+            if j != i && matches!(self.gens[j].phase, Phase::Serving { .. }) {
+                self.stop(j, Some(now), now);
             }
         }
         self.report(Report::Ready { gen, pid, after });
-        if self.gens[i].reason == StartReason::Reload {
-            self.report(Report::ReloadFinished {
-                gen,
-                ok: true,
-                after,
-                serving: Some((gen, pid)),
-            });
+        let reason = self.gens[i].reason;
+        if !self.manager_ready || reason == StartReason::Reload {
+            // The first READY=1, or the end of a reload (after RELOADING=1).
+            self.tell(ManagerMessage::Ready { gen, pid });
+        } else {
+            self.tell(ManagerMessage::Serving { gen, pid });
+        }
+        self.manager_ready = true;
+        if reason == StartReason::Reload {
+            let waiters = std::mem::take(&mut self.gens[i].waiters);
+            self.reload_finished(
+                ReloadOutcome {
+                    gen,
+                    failure: None,
+                    after,
+                    serving: Some((gen, pid)),
+                },
+                waiters,
+                now,
+            );
         }
         self.start_pending_reload(now);
     }
 
-    /// Record that the starting generation `i` will not take over, and report it.
-    fn fail_reload(&mut self, i: usize, reason: FailReason, now: Instant) {
-        let g = self.gens[i].clone();
-        self.fail_start(&g, reason, now);
-    }
-
+    /// Report that the starting generation `g` will not take over, and answer whoever waits
+    /// for it.
     fn fail_start(&mut self, g: &Generation, reason: FailReason, now: Instant) {
-        let after = now.saturating_duration_since(g.spawned_at);
         self.report(Report::Failed {
             gen: g.id,
-            pid: g.pid,
-            reason,
+            pid: g.phase.pid(),
+            reason: reason.clone(),
         });
         if g.reason == StartReason::Reload {
-            let serving = self.serving();
-            self.report(Report::ReloadFinished {
+            let outcome = ReloadOutcome {
                 gen: g.id,
-                ok: false,
-                after,
-                serving,
-            });
+                failure: Some(reason),
+                after: now.saturating_duration_since(g.started_at),
+                serving: self.serving(),
+            };
+            self.tell(ManagerMessage::ReloadFailed(outcome.clone()));
+            let waiters = match self.find(g.id) {
+                Some(i) => std::mem::take(&mut self.gens[i].waiters),
+                None => g.waiters.clone(),
+            };
+            self.reload_finished(outcome, waiters, now);
         }
+    }
+
+    fn reload_finished(&mut self, outcome: ReloadOutcome, waiters: Vec<RequestId>, now: Instant) {
+        self.report(Report::ReloadFinished(outcome.clone()));
+        for r in waiters {
+            self.reply(r, Outcome::Reload(outcome.clone()));
+        }
+        self.last_reload = Some((outcome, now));
     }
 
     /// After a start that failed (and whose process is gone): follow up on pending requests
@@ -858,7 +1080,7 @@ impl Supervisor {
         if self.shutdown.is_some() || self.starting().is_some() {
             return;
         }
-        if self.pending_reload {
+        if self.pending_reload.is_some() {
             self.start_pending_reload(now);
         } else if self.serving().is_none() {
             self.schedule_restart(now);
@@ -866,47 +1088,75 @@ impl Supervisor {
     }
 
     fn start_pending_reload(&mut self, now: Instant) {
-        if self.pending_reload && self.shutdown.is_none() && self.starting().is_none() {
-            self.pending_reload = false;
-            self.timers.remove(&Timer::Restart);
-            self.start_generation(StartReason::Reload, now);
+        if self.shutdown.is_some() || self.starting().is_some() {
+            return;
+        }
+        if let Some(p) = self.pending_reload.take() {
+            self.timers.cancel(Timer::Restart);
+            self.start_generation(StartReason::Reload, now, Some(p.requested_at), p.waiters);
         }
     }
 
     fn schedule_restart(&mut self, now: Instant) {
         let delay = self.backoff;
         self.backoff = (self.backoff * 2).min(self.policy.backoff_max);
-        self.timers.insert(Timer::Restart, now + delay);
+        self.timers.set(Timer::Restart, now + delay);
         self.report(Report::RestartScheduled { delay });
     }
 
-    /// Send the stop signal to generation `i` and give it the drain timeout.
-    fn stop(&mut self, i: usize, now: Instant) {
-        let Some(pid) = self.gens[i].pid else { return };
+    /// Send the stop signal to generation `i` and give it the drain timeout. `handover_from`
+    /// is when the successor became ready, for a hand-over.
+    fn stop(&mut self, i: usize, handover_from: Option<Instant>, now: Instant) {
+        let phase = self.gens[i].phase;
+        let Some(pid) = phase.pid() else { return };
         let gen = self.gens[i].id;
         let signal = self.policy.stop_signal;
-        self.gens[i].stop_at = Some(now);
-        self.set_phase(i, Phase::Stopping, now);
+        let ready_at = phase.ready_at();
+        self.set_phase(
+            i,
+            Phase::Draining {
+                pid,
+                since: now,
+                ready_at,
+            },
+            now,
+        );
         self.actions.push_back(Action::Signal {
             gen,
             pid,
             target: Target::Leader,
             signal,
         });
-        self.report(Report::Stopping { gen, pid, signal });
+        self.report(Report::Stopping {
+            gen,
+            pid,
+            signal,
+            handover_from,
+        });
     }
 
     /// SIGKILL generation `i`'s whole process group.
     fn kill(&mut self, i: usize, reason: KillReason, now: Instant) {
-        let Some(pid) = self.gens[i].pid else { return };
+        let phase = self.gens[i].phase;
+        let Some(pid) = phase.pid() else { return };
         let gen = self.gens[i].id;
-        if self.gens[i].stop_at.is_none() {
-            self.gens[i].stop_at = Some(now);
-        }
+        let since = match phase {
+            Phase::Draining { since, .. } | Phase::Killing { since, .. } => since,
+            _ => now,
+        };
         if self.shutdown.is_some() {
             self.killed_any = true;
         }
-        self.set_phase(i, Phase::Killing, now);
+        let ready_at = phase.ready_at();
+        self.set_phase(
+            i,
+            Phase::Killing {
+                pid,
+                since,
+                ready_at,
+            },
+            now,
+        );
         self.actions.push_back(Action::Signal {
             gen,
             pid,
@@ -918,7 +1168,7 @@ impl Supervisor {
 
     /// Exit once everything is down, with `code`.
     fn begin_exit(&mut self, code: i32, now: Instant) {
-        self.on_shutdown(self.policy.stop_signal, now);
+        self.on_shutdown(self.policy.stop_signal, None, now);
         self.finished_code = Some(code);
     }
 
@@ -939,6 +1189,19 @@ impl Supervisor {
     fn finish(&mut self, code: i32) {
         self.finished = Some(code);
         self.timers.clear();
+        if let Some(p) = self.pending_reload.take() {
+            for r in p.waiters {
+                self.reply(r, Outcome::ShuttingDown);
+            }
+        }
+        let stops = self
+            .shutdown
+            .as_mut()
+            .map(|s| std::mem::take(&mut s.requests))
+            .unwrap_or_default();
+        for r in stops {
+            self.reply(r, Outcome::Stopped { code });
+        }
         self.actions.push_back(Action::Exit(code));
     }
 
@@ -947,53 +1210,62 @@ impl Supervisor {
     /// The one place a phase changes: derive the generation's timers from its new phase.
     fn set_phase(&mut self, i: usize, phase: Phase, now: Instant) {
         let gen = self.gens[i].id;
+        let was_starting = matches!(self.gens[i].phase, Phase::Starting { .. });
         self.gens[i].phase = phase;
-        self.clear_timers(gen);
+        self.timers.clear_gen(gen);
+        if was_starting && !matches!(phase, Phase::Starting { .. }) {
+            self.stop_probe(i);
+        }
+        let p = &self.policy;
         match phase {
-            Phase::Spawning | Phase::Serving => {}
-            Phase::Starting => {
+            Phase::Spawning | Phase::Serving { .. } => {}
+            Phase::Starting { .. } => {
                 self.timers
-                    .insert(Timer::ReadyDeadline(gen), now + self.policy.ready_timeout);
-                if let Some(d) = self.policy.ready_after {
-                    self.timers.insert(Timer::ReadyAfter(gen), now + d);
+                    .set(Timer::ReadyDeadline(gen), now + p.ready_timeout);
+                if let Some(d) = p.ready_after {
+                    self.timers.set(Timer::ReadyAfter(gen), now + d);
                 }
-                if self.policy.probe_interval.is_some() {
+                if p.probe_interval.is_some() {
                     // First probe at once: a fast child should not wait a whole interval.
-                    self.timers.insert(Timer::Probe(gen), now);
+                    self.timers.set(Timer::Probe(gen), now);
                 }
             }
-            Phase::Stopping => {
+            Phase::Draining { .. } => {
                 self.timers
-                    .insert(Timer::KillDeadline(gen), now + self.policy.drain_timeout);
+                    .set(Timer::KillDeadline(gen), now + p.drain_timeout);
             }
-            Phase::Killing => {
-                self.timers
-                    .insert(Timer::ReapDeadline(gen), now + self.policy.kill_wait);
+            Phase::Killing { .. } => {
+                self.timers.set(Timer::ReapDeadline(gen), now + p.kill_wait);
             }
         }
     }
 
-    fn clear_timers(&mut self, gen: GenId) {
-        self.timers.retain(|t, _| t.gen() != Some(gen));
+    fn stop_probe(&mut self, i: usize) {
+        if std::mem::take(&mut self.gens[i].probe_running) {
+            self.actions.push_back(Action::StopProbe {
+                gen: self.gens[i].id,
+            });
+        }
     }
 
-    /// Generation `i`'s main process was reaped.
-    fn remove_exited(&mut self, i: usize, pid: Pid) {
-        let gen = self.gens[i].id;
-        self.actions.push_back(Action::Release {
-            gen,
-            pgid: Some(pid),
+    /// Forget generation `i`: retire it (killing the leftovers of its process group when its
+    /// main process `leftovers` was reaped) and drop its timers.
+    fn remove(&mut self, i: usize, leftovers: Option<Pid>) -> Generation {
+        self.stop_probe(i);
+        let g = self.gens.remove(i);
+        self.actions.push_back(Action::Retire {
+            gen: g.id,
+            leftovers,
         });
-        self.clear_timers(gen);
-        self.gens.remove(i);
+        self.timers.clear_gen(g.id);
+        g
     }
 
-    /// Forget generation `i` without a reaped process (spawn failed, or unkillable).
-    fn remove(&mut self, i: usize) {
-        let gen = self.gens[i].id;
-        self.actions.push_back(Action::Release { gen, pgid: None });
-        self.clear_timers(gen);
-        self.gens.remove(i);
+    fn starting(&self) -> Option<GenId> {
+        self.gens
+            .iter()
+            .find(|g| g.phase.is_starting())
+            .map(|g| g.id)
     }
 
     fn find(&self, gen: GenId) -> Option<usize> {
@@ -1002,6 +1274,14 @@ impl Supervisor {
 
     fn report(&mut self, r: Report) {
         self.actions.push_back(Action::Report(r));
+    }
+
+    fn tell(&mut self, m: ManagerMessage) {
+        self.actions.push_back(Action::Tell(m));
+    }
+
+    fn reply(&mut self, request: RequestId, outcome: Outcome) {
+        self.actions.push_back(Action::Reply { request, outcome });
     }
 }
 

@@ -27,3 +27,9 @@ pub fn cloexec_inherited(keep: &[i32]) {
         }
     }
 }
+
+/// handoff's effective uid.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}

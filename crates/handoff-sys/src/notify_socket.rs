@@ -187,3 +187,10 @@ fn recv_one(fd: RawFd) -> io::Result<Received> {
         payload: buf[..len].to_vec(),
     })
 }
+
+/// `sock`, registered with the current tokio runtime's reactor for readability.
+pub fn register(sock: NotifySocket) -> io::Result<tokio::io::unix::AsyncFd<NotifySocket>> {
+    // SAFETY: `NotifySocket` owns its fd (an `OwnedFd` field never replaced) for its whole
+    // life, and `as_raw_fd` always returns that same fd.
+    unsafe { tokio::io::unix::AsyncFd::register(sock) }.map_err(io::Error::from)
+}

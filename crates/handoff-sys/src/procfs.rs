@@ -3,8 +3,13 @@
 /// The fields of /proc/PID/stat handoff uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stat {
+    /// `R`, `S`, `D`, `Z` (zombie: exited, not yet collected by its parent), ...
+    pub state: char,
     pub ppid: u32,
     pub pgrp: u32,
+    /// Time spent in user and kernel mode, in clock ticks.
+    pub utime: u64,
+    pub stime: u64,
 }
 
 /// Parse /proc/PID/stat. The command name may contain spaces and parentheses, so fields are
@@ -14,13 +19,24 @@ pub fn stat(pid: u32) -> Option<Stat> {
     parse_stat(&s)
 }
 
-fn parse_stat(s: &str) -> Option<Stat> {
+/// Parse the text of /proc/PID/stat (public so that tests read it the same way).
+pub fn parse_stat(s: &str) -> Option<Stat> {
     let rest = &s[s.rfind(')')? + 1..];
-    let mut it = rest.split_ascii_whitespace();
-    let _state = it.next()?;
-    let ppid = it.next()?.parse().ok()?;
-    let pgrp = it.next()?.parse().ok()?;
-    Some(Stat { ppid, pgrp })
+    let f: Vec<&str> = rest.split_ascii_whitespace().collect();
+    // Fields from 3 (state) on; see proc(5).
+    Some(Stat {
+        state: f.first()?.chars().next()?,
+        ppid: f.get(1)?.parse().ok()?,
+        pgrp: f.get(2)?.parse().ok()?,
+        utime: f.get(11)?.parse().ok()?,
+        stime: f.get(12)?.parse().ok()?,
+    })
+}
+
+/// Whether `pid` exists and has not exited (a zombie has exited: only its parent has not
+/// collected it yet).
+pub fn is_running(pid: u32) -> bool {
+    stat(pid).is_some_and(|s| s.state != 'Z')
 }
 
 /// Whether `pid` is `ancestor` or one of its descendants, or in the process group
@@ -59,12 +75,15 @@ mod tests {
 
     #[test]
     fn stat_with_odd_command_name() {
-        let s = "1234 (a) b (c)) S 77 1234 1234 0 -1 4194560 0 0";
+        let s = "1234 (a) b (c)) S 77 1234 1234 0 -1 4194560 0 0 0 0 15 3 0 0";
         assert_eq!(
             parse_stat(s),
             Some(Stat {
+                state: 'S',
                 ppid: 77,
-                pgrp: 1234
+                pgrp: 1234,
+                utime: 15,
+                stime: 3,
             })
         );
     }

@@ -28,25 +28,6 @@ use std::process::{Command, Stdio};
 /// Room for `LISTEN_PID=` plus the largest pid (pid_max ≤ 2^22, but leave room for u64).
 const PID_SLOT: usize = "LISTEN_PID=".len() + 21;
 
-/// Variables a child must never inherit from handoff's own environment: they describe
-/// handoff's sockets and service manager, not the child's (see the protocol notes in README).
-pub const SCRUBBED_ENV: &[&str] = &[
-    "LISTEN_PID",
-    "LISTEN_PIDFDID",
-    "LISTEN_FDS",
-    "LISTEN_FDNAMES",
-    "LISTEN_FDS_FIRST_FD",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_PID",
-    "WATCHDOG_USEC",
-    "FDSTORE",
-    "MEMORY_PRESSURE_WATCH",
-    "MEMORY_PRESSURE_WRITE",
-    "SERVER_STARTER_PORT",
-    "SERVER_STARTER_GENERATION",
-    "HANDOFF_GENERATION",
-];
-
 /// Find `program` the way a shell would (`PATH` unless it contains a `/`), and check that it
 /// is an executable file, so that "not found" is a clear error before anything starts.
 pub fn resolve_program(program: &OsStr) -> Result<PathBuf, String> {

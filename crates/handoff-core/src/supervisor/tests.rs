@@ -1,4 +1,5 @@
-//! Transition tests: a fake clock, no processes, exact action lists.
+//! Transition tests: a fake clock, no processes, and the *exact* list of actions each event
+//! produces (a spurious or missing action fails the test).
 #![allow(clippy::unwrap_used)]
 
 use super::*;
@@ -35,7 +36,11 @@ impl Harness {
 
     /// Generation 1 spawned as pid 100 and ready.
     fn serving() -> Self {
-        let (mut h, _) = Self::new(Policy::default());
+        Self::serving_with(Policy::default())
+    }
+
+    fn serving_with(policy: Policy) -> Self {
+        let (mut h, _) = Self::new(policy);
         h.spawned(1, 100);
         h.ready(1);
         h
@@ -102,143 +107,348 @@ impl Harness {
     }
 
     fn reload(&mut self) -> Vec<Action> {
-        self.ev(Event::Reload)
+        self.ev(Event::Reload {
+            reply: ReplyTo::Nobody,
+        })
+    }
+
+    fn reload_waiting(&mut self, request: RequestId) -> Vec<Action> {
+        self.ev(Event::Reload {
+            reply: ReplyTo::WhenDone(request),
+        })
     }
 
     fn shutdown(&mut self) -> Vec<Action> {
-        self.ev(Event::Shutdown { signal: T })
+        self.ev(Event::Shutdown {
+            signal: T,
+            request: None,
+        })
+    }
+
+    /// Deadline of generation `gen`, relative to now.
+    fn deadline_in(&self, gen: GenId) -> Option<Duration> {
+        self.sup
+            .snapshot(self.now)
+            .generations
+            .iter()
+            .find(|g| g.gen == gen)
+            .and_then(|g| g.deadline)
+            .map(|d| d.saturating_duration_since(self.now))
     }
 }
 
-fn spawns(a: &[Action]) -> Vec<GenId> {
-    a.iter()
-        .filter_map(|a| match a {
-            Action::Spawn { gen } => Some(*gen),
-            _ => None,
-        })
-        .collect()
+// ---- constructors for expected actions ---------------------------------------------------
+
+fn spawn(gen: GenId) -> Action {
+    Action::Spawn { gen }
 }
 
-fn signals(a: &[Action]) -> Vec<(Pid, Target, Signal)> {
-    a.iter()
-        .filter_map(|a| match a {
-            Action::Signal {
-                pid,
-                target,
-                signal,
-                ..
-            } => Some((*pid, *target, *signal)),
-            _ => None,
-        })
-        .collect()
+fn term(gen: GenId, pid: Pid) -> Action {
+    Action::Signal {
+        gen,
+        pid,
+        target: Target::Leader,
+        signal: T,
+    }
 }
 
-fn reports(a: &[Action]) -> Vec<Report> {
-    a.iter()
-        .filter_map(|a| match a {
-            Action::Report(r) => Some(r.clone()),
-            _ => None,
-        })
-        .collect()
+fn kill9(gen: GenId, pid: Pid) -> Action {
+    Action::Signal {
+        gen,
+        pid,
+        target: Target::Group,
+        signal: Signal::KILL,
+    }
 }
 
-fn exit(a: &[Action]) -> Option<i32> {
-    a.iter().find_map(|a| match a {
-        Action::Exit(c) => Some(*c),
-        _ => None,
+fn rep(r: Report) -> Action {
+    Action::Report(r)
+}
+
+fn retire(gen: GenId, pid: Pid) -> Action {
+    Action::Retire {
+        gen,
+        leftovers: Some(pid),
+    }
+}
+
+fn tell(m: ManagerMessage) -> Action {
+    Action::Tell(m)
+}
+
+fn reply(request: RequestId, outcome: Outcome) -> Action {
+    Action::Reply { request, outcome }
+}
+
+fn spawned_rep(gen: GenId, pid: Pid, reason: StartReason, since: Option<Duration>) -> Action {
+    rep(Report::Spawned {
+        gen,
+        pid,
+        reason,
+        since_request: since,
     })
 }
 
-type Outcome = (GenId, bool, Option<(GenId, Pid)>);
-
-fn reload_outcome(a: &[Action]) -> Option<Outcome> {
-    a.iter().find_map(|a| match a {
-        Action::Report(Report::ReloadFinished {
-            gen, ok, serving, ..
-        }) => Some((*gen, *ok, *serving)),
-        _ => None,
+fn stopping(gen: GenId, pid: Pid, handover_from: Option<Instant>) -> Action {
+    rep(Report::Stopping {
+        gen,
+        pid,
+        signal: T,
+        handover_from,
     })
 }
+
+fn ok_outcome(gen: GenId, pid: Pid, after: Duration) -> ReloadOutcome {
+    ReloadOutcome {
+        gen,
+        failure: None,
+        after,
+        serving: Some((gen, pid)),
+    }
+}
+
+fn failed_outcome(
+    gen: GenId,
+    reason: FailReason,
+    after: Duration,
+    serving: Option<(GenId, Pid)>,
+) -> ReloadOutcome {
+    ReloadOutcome {
+        gen,
+        failure: Some(reason),
+        after,
+        serving,
+    }
+}
+
+fn reload_started(gen: GenId) -> Vec<Action> {
+    vec![
+        rep(Report::ReloadRequested { coalesced: false }),
+        tell(ManagerMessage::Reloading { gen }),
+        spawn(gen),
+    ]
+}
+
+// ---- the first generation ----------------------------------------------------------------
 
 #[test]
 fn first_generation_is_spawned_at_once_and_serves_on_ready() {
     let (mut h, a) = Harness::new(Policy::default());
-    assert_eq!(a, vec![Action::Spawn { gen: 1 }]);
+    assert_eq!(a, vec![spawn(1)]);
     let a = h.spawned(1, 100);
-    assert!(matches!(
-        reports(&a)[..],
-        [Report::Spawned {
-            gen: 1,
-            pid: 100,
-            ..
-        }]
-    ));
+    assert_eq!(a, vec![spawned_rep(1, 100, StartReason::Initial, None)]);
+    assert_eq!(h.deadline_in(1), Some(secs(60)), "the ready timeout");
     h.now += ms(250);
     let a = h.ready(1);
     assert_eq!(
-        reports(&a),
-        vec![Report::Ready {
-            gen: 1,
-            pid: 100,
-            after: ms(250)
-        }]
+        a,
+        vec![
+            rep(Report::Ready {
+                gen: 1,
+                pid: 100,
+                after: ms(250)
+            }),
+            tell(ManagerMessage::Ready { gen: 1, pid: 100 }),
+        ]
     );
-    assert!(signals(&a).is_empty());
     assert_eq!(h.sup.serving(), Some((1, 100)));
     assert_eq!(h.sup.poll_timeout(), None, "no timer while simply serving");
 }
 
 #[test]
+fn exec_failure_of_the_first_child_ends_handoff() {
+    let (mut h, _) = Harness::new(Policy::default());
+    let a = h.ev(Event::SpawnFailed {
+        gen: 1,
+        error: "No such file".into(),
+    });
+    assert_eq!(
+        a,
+        vec![
+            Action::Retire {
+                gen: 1,
+                leftovers: None
+            },
+            rep(Report::Failed {
+                gen: 1,
+                pid: None,
+                reason: FailReason::SpawnFailed("No such file".into())
+            }),
+            Action::Exit(exit_code::FAILURE),
+        ]
+    );
+}
+
+#[test]
+fn first_generation_ready_timeout_is_killed_then_restarted() {
+    let (mut h, _) = Harness::new(Policy::default());
+    h.spawned(1, 100);
+    let a = h.advance(secs(60));
+    assert_eq!(
+        a,
+        vec![
+            rep(Report::Failed {
+                gen: 1,
+                pid: Some(100),
+                reason: FailReason::ReadyTimeout(secs(60))
+            }),
+            kill9(1, 100),
+            rep(Report::Killed {
+                gen: 1,
+                pid: 100,
+                reason: KillReason::ReadyTimeout
+            }),
+        ]
+    );
+    let a = h.killed(100, Signal::KILL);
+    assert_eq!(
+        a,
+        vec![
+            retire(1, 100),
+            Action::CheckListeners { gen: 1 },
+            rep(Report::Reaped {
+                gen: 1,
+                pid: 100,
+                status: ExitStatus::Signaled(Signal::KILL)
+            }),
+            rep(Report::RestartScheduled { delay: ms(100) }),
+        ]
+    );
+}
+
+#[test]
+fn reload_during_the_first_start_runs_after_it() {
+    let (mut h, _) = Harness::new(Policy::default());
+    let a = h.reload();
+    assert_eq!(a, vec![rep(Report::ReloadRequested { coalesced: false })]);
+    h.spawned(1, 100);
+    let a = h.ready(1);
+    assert_eq!(
+        a,
+        vec![
+            rep(Report::Ready {
+                gen: 1,
+                pid: 100,
+                after: Duration::ZERO
+            }),
+            tell(ManagerMessage::Ready { gen: 1, pid: 100 }),
+            tell(ManagerMessage::Reloading { gen: 2 }),
+            spawn(2),
+        ]
+    );
+}
+
+// ---- reloads -----------------------------------------------------------------------------
+
+#[test]
 fn reload_stops_the_old_generation_only_after_the_new_one_is_ready() {
     let mut h = Harness::serving();
-    let a = h.reload();
-    assert_eq!(spawns(&a), vec![2]);
+    assert_eq!(h.reload(), reload_started(2));
+    h.now += ms(5);
     let a = h.spawned(2, 200);
-    assert!(
-        signals(&a).is_empty(),
+    assert_eq!(
+        a,
+        vec![spawned_rep(2, 200, StartReason::Reload, Some(ms(5)))],
         "old generation untouched while gen 2 starts"
     );
     assert_eq!(h.sup.serving(), Some((1, 100)));
+    h.now += ms(200);
     let a = h.ready(2);
-    assert_eq!(signals(&a), vec![(100, Target::Leader, T)]);
-    assert_eq!(reload_outcome(&a), Some((2, true, Some((2, 200)))));
+    assert_eq!(
+        a,
+        vec![
+            term(1, 100),
+            stopping(1, 100, Some(h.now)),
+            rep(Report::Ready {
+                gen: 2,
+                pid: 200,
+                after: ms(205)
+            }),
+            tell(ManagerMessage::Ready { gen: 2, pid: 200 }),
+            rep(Report::ReloadFinished(ok_outcome(2, 200, ms(205)))),
+        ]
+    );
     assert_eq!(h.sup.serving(), Some((2, 200)));
+    assert_eq!(h.deadline_in(1), Some(secs(30)), "the drain timeout");
+    h.now += ms(40);
     let a = h.exited(100, 0);
-    assert!(matches!(
-        reports(&a)[..],
-        [Report::Drained {
-            gen: 1,
-            pid: 100,
-            status: ExitStatus::Exited(0),
-            ..
-        }]
-    ));
-    assert!(a.contains(&Action::Release {
-        gen: 1,
-        pgid: Some(100)
-    }));
+    assert_eq!(
+        a,
+        vec![
+            retire(1, 100),
+            Action::CheckListeners { gen: 1 },
+            rep(Report::Drained {
+                gen: 1,
+                pid: 100,
+                after: ms(40),
+                status: ExitStatus::Exited(0)
+            }),
+        ]
+    );
     assert_eq!(h.sup.poll_timeout(), None);
+}
+
+#[test]
+fn a_waiting_reload_request_is_answered_with_the_outcome() {
+    let mut h = Harness::serving();
+    let a = h.reload_waiting(7);
+    assert_eq!(a, reload_started(2), "no answer before the outcome");
+    h.spawned(2, 200);
+    let a = h.ready(2);
+    assert_eq!(
+        a.last(),
+        Some(&reply(
+            7,
+            Outcome::Reload(ok_outcome(2, 200, Duration::ZERO))
+        ))
+    );
+    assert_eq!(
+        h.sup.snapshot(h.now).last_reload,
+        Some((ok_outcome(2, 200, Duration::ZERO), h.now))
+    );
+}
+
+#[test]
+fn a_no_wait_reload_request_is_answered_at_once() {
+    let mut h = Harness::serving();
+    let a = h.ev(Event::Reload {
+        reply: ReplyTo::Now(3),
+    });
+    let mut want = vec![reply(3, Outcome::ReloadRequested)];
+    want.extend(reload_started(2));
+    assert_eq!(a, want);
+    h.spawned(2, 200);
+    let a = h.ready(2);
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::Reply { .. })),
+        "answered once only: {a:?}"
+    );
 }
 
 #[test]
 fn new_child_crashing_before_ready_rolls_back() {
     let mut h = Harness::serving();
-    h.reload();
+    h.reload_waiting(1);
     h.spawned(2, 200);
+    h.now += ms(30);
     let a = h.exited(200, 1);
-    assert!(
-        signals(&a).is_empty(),
-        "old generation keeps serving untouched"
-    );
-    assert_eq!(reload_outcome(&a), Some((2, false, Some((1, 100)))));
-    assert!(reports(&a).contains(&Report::Failed {
-        gen: 2,
-        pid: Some(200),
-        reason: FailReason::ExitedBeforeReady(ExitStatus::Exited(1)),
-    }));
-    assert!(
-        spawns(&a).is_empty(),
-        "a failed reload is not retried by itself"
+    let reason = FailReason::ExitedBeforeReady(ExitStatus::Exited(1));
+    let outcome = failed_outcome(2, reason.clone(), ms(30), Some((1, 100)));
+    assert_eq!(
+        a,
+        vec![
+            retire(2, 200),
+            Action::CheckListeners { gen: 2 },
+            rep(Report::Failed {
+                gen: 2,
+                pid: Some(200),
+                reason
+            }),
+            tell(ManagerMessage::ReloadFailed(outcome.clone())),
+            rep(Report::ReloadFinished(outcome.clone())),
+            reply(1, Outcome::Reload(outcome)),
+        ],
+        "the old generation keeps serving untouched; a failed reload is not retried"
     );
     assert_eq!(h.sup.serving(), Some((1, 100)));
     assert_eq!(h.sup.poll_timeout(), None);
@@ -249,21 +459,41 @@ fn new_child_missing_its_ready_deadline_is_group_killed_and_rolled_back() {
     let mut h = Harness::serving();
     h.reload();
     h.spawned(2, 200);
-    let a = h.advance(secs(59));
-    assert!(a.is_empty());
+    assert_eq!(h.advance(secs(59)), vec![]);
     let a = h.advance(secs(1));
-    assert_eq!(signals(&a), vec![(200, Target::Group, Signal::KILL)]);
-    assert_eq!(reload_outcome(&a), Some((2, false, Some((1, 100)))));
-    assert!(reports(&a).iter().any(|r| matches!(
-        r,
-        Report::Failed {
-            reason: FailReason::ReadyTimeout(_),
-            ..
-        }
-    )));
+    let reason = FailReason::ReadyTimeout(secs(60));
+    let outcome = failed_outcome(2, reason.clone(), secs(60), Some((1, 100)));
+    assert_eq!(
+        a,
+        vec![
+            rep(Report::Failed {
+                gen: 2,
+                pid: Some(200),
+                reason
+            }),
+            tell(ManagerMessage::ReloadFailed(outcome.clone())),
+            rep(Report::ReloadFinished(outcome)),
+            kill9(2, 200),
+            rep(Report::Killed {
+                gen: 2,
+                pid: 200,
+                reason: KillReason::ReadyTimeout
+            }),
+        ]
+    );
     let a = h.killed(200, Signal::KILL);
-    assert!(matches!(reports(&a)[..], [Report::Reaped { gen: 2, .. }]));
-    assert!(spawns(&a).is_empty());
+    assert_eq!(
+        a,
+        vec![
+            retire(2, 200),
+            Action::CheckListeners { gen: 2 },
+            rep(Report::Reaped {
+                gen: 2,
+                pid: 200,
+                status: ExitStatus::Signaled(Signal::KILL)
+            }),
+        ]
+    );
     assert_eq!(h.sup.serving(), Some((1, 100)));
 }
 
@@ -273,8 +503,36 @@ fn ready_arriving_after_the_deadline_is_ignored() {
     h.reload();
     h.spawned(2, 200);
     h.advance(secs(60));
-    let a = h.ready(2);
-    assert!(a.is_empty(), "{a:?}");
+    assert_eq!(h.ready(2), vec![]);
+    assert_eq!(h.sup.serving(), Some((1, 100)));
+}
+
+#[test]
+fn exec_failure_on_reload_keeps_the_old_generation() {
+    let mut h = Harness::serving();
+    h.reload();
+    let a = h.ev(Event::SpawnFailed {
+        gen: 2,
+        error: "No such file".into(),
+    });
+    let reason = FailReason::SpawnFailed("No such file".into());
+    let outcome = failed_outcome(2, reason.clone(), Duration::ZERO, Some((1, 100)));
+    assert_eq!(
+        a,
+        vec![
+            Action::Retire {
+                gen: 2,
+                leftovers: None
+            },
+            rep(Report::Failed {
+                gen: 2,
+                pid: None,
+                reason
+            }),
+            tell(ManagerMessage::ReloadFailed(outcome.clone())),
+            rep(Report::ReloadFinished(outcome)),
+        ]
+    );
     assert_eq!(h.sup.serving(), Some((1, 100)));
 }
 
@@ -284,17 +542,34 @@ fn drain_timeout_kills_the_old_group() {
     h.reload();
     h.spawned(2, 200);
     h.ready(2);
-    let a = h.advance(secs(29));
-    assert!(a.is_empty());
+    assert_eq!(h.advance(secs(29)), vec![]);
     let a = h.advance(secs(1));
-    assert_eq!(signals(&a), vec![(100, Target::Group, Signal::KILL)]);
-    assert!(reports(&a).contains(&Report::Killed {
-        gen: 1,
-        pid: 100,
-        reason: KillReason::DrainTimeout
-    }));
+    assert_eq!(
+        a,
+        vec![
+            kill9(1, 100),
+            rep(Report::Killed {
+                gen: 1,
+                pid: 100,
+                reason: KillReason::DrainTimeout
+            }),
+        ]
+    );
+    assert_eq!(h.deadline_in(1), Some(secs(5)), "the reap deadline");
     let a = h.killed(100, Signal::KILL);
-    assert!(matches!(reports(&a)[..], [Report::Drained { gen: 1, .. }]));
+    assert_eq!(
+        a,
+        vec![
+            retire(1, 100),
+            Action::CheckListeners { gen: 1 },
+            rep(Report::Drained {
+                gen: 1,
+                pid: 100,
+                after: secs(30),
+                status: ExitStatus::Signaled(Signal::KILL)
+            }),
+        ]
+    );
     assert_eq!(h.sup.serving(), Some((2, 200)));
 }
 
@@ -308,42 +583,55 @@ fn several_old_generations_drain_at_once_each_with_its_own_deadline() {
     h.reload();
     h.spawned(3, 300);
     let a = h.ready(3);
-    assert_eq!(signals(&a), vec![(200, Target::Leader, T)]);
-    // gen 1 reaches its deadline 20 s later, gen 2 10 s after that.
+    assert_eq!(a[..2], [term(2, 200), stopping(2, 200, Some(h.now))]);
+    assert_eq!(h.deadline_in(1), Some(secs(20)));
+    assert_eq!(h.deadline_in(2), Some(secs(30)));
     let a = h.advance(secs(20));
-    assert_eq!(signals(&a), vec![(100, Target::Group, Signal::KILL)]);
+    assert_eq!(a[0], kill9(1, 100));
+    assert_eq!(a.len(), 2);
+    h.killed(100, Signal::KILL);
     let a = h.advance(secs(10));
-    assert_eq!(signals(&a), vec![(200, Target::Group, Signal::KILL)]);
+    assert_eq!(a[0], kill9(2, 200));
+    assert_eq!(a.len(), 2);
 }
 
 #[test]
-fn reloads_during_a_start_coalesce_into_one_more() {
+fn reloads_during_a_start_coalesce_into_one_more_and_every_waiter_gets_it() {
     let mut h = Harness::serving();
-    assert_eq!(spawns(&h.reload()), vec![2]);
-    let mut extra = Vec::new();
-    for _ in 0..100 {
-        extra.extend(h.reload());
+    assert_eq!(h.reload_waiting(1), reload_started(2));
+    let a = h.reload_waiting(2);
+    assert_eq!(a, vec![rep(Report::ReloadRequested { coalesced: false })]);
+    for r in 3..100 {
+        let a = h.reload_waiting(r);
+        assert_eq!(a, vec![rep(Report::ReloadRequested { coalesced: true })]);
     }
-    assert!(spawns(&extra).is_empty());
-    assert_eq!(
-        reports(&extra)
-            .iter()
-            .filter(|r| **r == Report::ReloadRequested { coalesced: false })
-            .count(),
-        1,
-        "the first request during the start is recorded, the rest coalesce"
-    );
     h.spawned(2, 200);
     let a = h.ready(2);
+    let replies: Vec<RequestId> = a
+        .iter()
+        .filter_map(|a| match a {
+            Action::Reply { request, .. } => Some(*request),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replies, vec![1], "only the first waited for generation 2");
     assert_eq!(
-        spawns(&a),
-        vec![3],
+        a[a.len() - 2..],
+        [tell(ManagerMessage::Reloading { gen: 3 }), spawn(3)],
         "exactly one more reload after the first"
     );
     h.spawned(3, 300);
     let a = h.ready(3);
-    assert!(spawns(&a).is_empty());
-    assert_eq!(h.sup.reload_count(), 2);
+    let replies: Vec<RequestId> = a
+        .iter()
+        .filter_map(|a| match a {
+            Action::Reply { request, .. } => Some(*request),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replies, (2..100).collect::<Vec<_>>());
+    assert!(!a.iter().any(|a| matches!(a, Action::Spawn { .. })));
+    assert_eq!(h.sup.snapshot(h.now).reloads, 2);
 }
 
 #[test]
@@ -353,18 +641,11 @@ fn pending_reload_runs_after_a_failed_one() {
     h.reload();
     h.spawned(2, 200);
     let a = h.exited(200, 1);
-    assert_eq!(spawns(&a), vec![3]);
+    assert_eq!(
+        a[a.len() - 2..],
+        [tell(ManagerMessage::Reloading { gen: 3 }), spawn(3)]
+    );
     assert_eq!(h.sup.serving(), Some((1, 100)));
-}
-
-#[test]
-fn reload_during_the_first_start_runs_after_it() {
-    let (mut h, _) = Harness::new(Policy::default());
-    let a = h.reload();
-    assert!(spawns(&a).is_empty());
-    h.spawned(1, 100);
-    let a = h.ready(1);
-    assert_eq!(spawns(&a), vec![2]);
 }
 
 #[test]
@@ -373,34 +654,88 @@ fn crash_while_draining_is_just_a_drained_generation() {
     h.reload();
     h.spawned(2, 200);
     h.ready(2);
-    let a = h.killed(100, Signal::from_number(11).unwrap());
-    assert!(spawns(&a).is_empty());
-    assert!(matches!(reports(&a)[..], [Report::Drained { gen: 1, .. }]));
+    let a = h.killed(100, Signal::SEGV);
+    assert_eq!(
+        a,
+        vec![
+            retire(1, 100),
+            Action::CheckListeners { gen: 1 },
+            rep(Report::Drained {
+                gen: 1,
+                pid: 100,
+                after: Duration::ZERO,
+                status: ExitStatus::Signaled(Signal::SEGV)
+            }),
+        ]
+    );
     assert_eq!(h.sup.poll_timeout(), None);
 }
+
+#[test]
+fn serving_death_during_a_reload_waits_for_the_new_generation() {
+    let mut h = Harness::serving();
+    h.reload();
+    h.spawned(2, 200);
+    let a = h.exited(100, 1);
+    assert_eq!(
+        a,
+        vec![
+            retire(1, 100),
+            Action::CheckListeners { gen: 1 },
+            rep(Report::Exited {
+                gen: 1,
+                pid: 100,
+                status: ExitStatus::Exited(1)
+            }),
+        ]
+    );
+    let a = h.ready(2);
+    assert!(!a.iter().any(|a| matches!(a, Action::Signal { .. })));
+    assert_eq!(h.sup.serving(), Some((2, 200)));
+}
+
+// ---- restarts ----------------------------------------------------------------------------
 
 #[test]
 fn serving_child_death_restarts_with_exponential_backoff() {
     let mut h = Harness::serving();
     let a = h.exited(100, 1);
-    assert!(reports(&a).contains(&Report::Exited {
-        gen: 1,
-        pid: 100,
-        status: ExitStatus::Exited(1)
-    }));
-    assert!(reports(&a).contains(&Report::RestartScheduled { delay: ms(100) }));
-    assert!(spawns(&a).is_empty(), "not before the back-off");
-    let a = h.advance(ms(100));
-    assert_eq!(spawns(&a), vec![2]);
-    h.spawned(2, 200);
+    assert_eq!(
+        a,
+        vec![
+            retire(1, 100),
+            Action::CheckListeners { gen: 1 },
+            rep(Report::Exited {
+                gen: 1,
+                pid: 100,
+                status: ExitStatus::Exited(1)
+            }),
+            rep(Report::RestartScheduled { delay: ms(100) }),
+        ]
+    );
+    assert_eq!(h.advance(ms(99)), vec![], "not before the back-off");
+    assert_eq!(h.advance(ms(1)), vec![spawn(2)]);
+    let a = h.spawned(2, 200);
+    assert_eq!(a, vec![spawned_rep(2, 200, StartReason::Restart, None)]);
     let a = h.exited(200, 1); // crash before ready: next delay doubles
-    assert!(reports(&a).contains(&Report::RestartScheduled { delay: ms(200) }));
+    assert_eq!(
+        a.last(),
+        Some(&rep(Report::RestartScheduled { delay: ms(200) }))
+    );
     h.advance(ms(200));
     h.spawned(3, 300);
-    h.ready(3);
+    let a = h.ready(3);
+    assert_eq!(
+        a[1],
+        tell(ManagerMessage::Serving { gen: 3, pid: 300 }),
+        "no READY=1 again to the manager for a replacement"
+    );
     h.now += secs(10); // served long enough: back-off resets
     let a = h.exited(300, 1);
-    assert!(reports(&a).contains(&Report::RestartScheduled { delay: ms(100) }));
+    assert_eq!(
+        a.last(),
+        Some(&rep(Report::RestartScheduled { delay: ms(100) }))
+    );
 }
 
 #[test]
@@ -410,14 +745,14 @@ fn backoff_is_capped() {
     for (pid, gen) in (100..).zip(1..=12) {
         h.spawned(gen, pid);
         let a = h.exited(pid, 1);
-        last = reports(&a)
+        last = a
             .iter()
-            .find_map(|r| match r {
-                Report::RestartScheduled { delay } => Some(*delay),
+            .find_map(|a| match a {
+                Action::Report(Report::RestartScheduled { delay }) => Some(*delay),
                 _ => None,
             })
             .unwrap();
-        h.fire();
+        assert_eq!(h.fire(), vec![spawn(gen + 1)]);
     }
     assert_eq!(last, secs(10));
 }
@@ -426,8 +761,7 @@ fn backoff_is_capped() {
 fn reload_overrides_a_pending_backoff() {
     let mut h = Harness::serving();
     h.exited(100, 1);
-    let a = h.reload();
-    assert_eq!(spawns(&a), vec![2]);
+    assert_eq!(h.reload(), reload_started(2));
     assert_eq!(
         h.sup.poll_timeout(),
         None,
@@ -436,38 +770,34 @@ fn reload_overrides_a_pending_backoff() {
 }
 
 #[test]
-fn serving_death_during_a_reload_waits_for_the_new_generation() {
-    let mut h = Harness::serving();
-    h.reload();
-    h.spawned(2, 200);
-    let a = h.exited(100, 1);
-    assert!(spawns(&a).is_empty());
-    assert!(!reports(&a)
-        .iter()
-        .any(|r| matches!(r, Report::RestartScheduled { .. })));
-    let a = h.ready(2);
-    assert!(signals(&a).is_empty());
-    assert_eq!(h.sup.serving(), Some((2, 200)));
-}
-
-#[test]
 fn restart_never_exits_with_the_childs_status() {
-    let (mut h, _) = Harness::new(Policy {
+    let never = Policy {
         restart: RestartPolicy::Never,
         ..Policy::default()
-    });
-    h.spawned(1, 100);
-    h.ready(1);
+    };
+    let mut h = Harness::serving_with(never.clone());
     let a = h.exited(100, 7);
-    assert_eq!(exit(&a), Some(7));
-    let (mut h, _) = Harness::new(Policy {
-        restart: RestartPolicy::Never,
-        ..Policy::default()
-    });
-    h.spawned(1, 100);
-    h.ready(1);
-    let a = h.killed(100, Signal::from_number(11).unwrap());
-    assert_eq!(exit(&a), Some(128 + 11));
+    assert_eq!(
+        a,
+        vec![
+            retire(1, 100),
+            Action::CheckListeners { gen: 1 },
+            rep(Report::Exited {
+                gen: 1,
+                pid: 100,
+                status: ExitStatus::Exited(7)
+            }),
+            rep(Report::ShutdownStarted {
+                signal: T,
+                forced: false
+            }),
+            tell(ManagerMessage::Stopping),
+            Action::Exit(7),
+        ]
+    );
+    let mut h = Harness::serving_with(never);
+    let a = h.killed(100, Signal::SEGV);
+    assert_eq!(a.last(), Some(&Action::Exit(128 + 11)));
 }
 
 #[test]
@@ -478,19 +808,90 @@ fn restart_never_exits_when_the_first_child_dies_before_ready() {
     });
     h.spawned(1, 100);
     let a = h.exited(100, 4);
-    assert_eq!(exit(&a), Some(4));
+    assert_eq!(a.last(), Some(&Action::Exit(4)));
 }
+
+#[test]
+fn unkillable_first_generation_is_given_up_and_replaced() {
+    // Found by the model test: a start that times out and then survives SIGKILL must not
+    // leave handoff with nothing serving and nothing scheduled.
+    let (mut h, _) = Harness::new(Policy::default());
+    h.spawned(1, 100);
+    h.fire(); // ready timeout → SIGKILL
+    let a = h.fire(); // reap deadline
+    assert_eq!(
+        a,
+        vec![
+            rep(Report::Unkillable { gen: 1, pid: 100 }),
+            Action::Retire {
+                gen: 1,
+                leftovers: None
+            },
+            rep(Report::RestartScheduled { delay: ms(100) }),
+        ]
+    );
+    assert_eq!(h.fire(), vec![spawn(2)]);
+    assert_eq!(
+        h.exited(100, 0),
+        vec![],
+        "a late exit of the forgotten pid changes nothing"
+    );
+}
+
+// ---- shutdown ----------------------------------------------------------------------------
 
 #[test]
 fn shutdown_drains_and_exits_zero() {
     let mut h = Harness::serving();
     let a = h.shutdown();
-    assert_eq!(signals(&a), vec![(100, Target::Leader, T)]);
-    assert_eq!(exit(&a), None);
+    assert_eq!(
+        a,
+        vec![
+            rep(Report::ShutdownStarted {
+                signal: T,
+                forced: false
+            }),
+            tell(ManagerMessage::Stopping),
+            term(1, 100),
+            stopping(1, 100, None),
+        ]
+    );
     let a = h.exited(100, 0);
-    assert_eq!(exit(&a), Some(exit_code::OK));
+    assert_eq!(
+        a,
+        vec![
+            retire(1, 100),
+            Action::CheckListeners { gen: 1 },
+            rep(Report::Drained {
+                gen: 1,
+                pid: 100,
+                after: Duration::ZERO,
+                status: ExitStatus::Exited(0)
+            }),
+            Action::Exit(exit_code::OK),
+        ]
+    );
     assert_eq!(h.sup.finished(), Some(0));
-    assert!(h.reload().is_empty(), "nothing happens after the end");
+    assert_eq!(h.reload(), vec![], "nothing happens after the end");
+}
+
+#[test]
+fn a_stop_request_is_answered_at_once_and_again_with_the_exit_code() {
+    let mut h = Harness::serving();
+    let a = h.ev(Event::Shutdown {
+        signal: T,
+        request: Some(9),
+    });
+    assert_eq!(a[0], reply(9, Outcome::Stopping));
+    assert!(!Outcome::Stopping.is_final());
+    let a = h.exited(100, 0);
+    assert_eq!(
+        a[a.len() - 2..],
+        [
+            reply(9, Outcome::Stopped { code: 0 }),
+            Action::Exit(exit_code::OK)
+        ]
+    );
 }
 
 #[test]
@@ -498,7 +899,7 @@ fn shutdown_counts_a_child_killed_by_the_stop_signal_as_clean() {
     let mut h = Harness::serving();
     h.shutdown();
     let a = h.killed(100, T);
-    assert_eq!(exit(&a), Some(exit_code::OK));
+    assert_eq!(a.last(), Some(&Action::Exit(exit_code::OK)));
 }
 
 #[test]
@@ -506,9 +907,19 @@ fn shutdown_past_the_drain_timeout_kills_and_exits_forced() {
     let mut h = Harness::serving();
     h.shutdown();
     let a = h.advance(secs(30));
-    assert_eq!(signals(&a), vec![(100, Target::Group, Signal::KILL)]);
+    assert_eq!(
+        a,
+        vec![
+            kill9(1, 100),
+            rep(Report::Killed {
+                gen: 1,
+                pid: 100,
+                reason: KillReason::DrainTimeout
+            }),
+        ]
+    );
     let a = h.killed(100, Signal::KILL);
-    assert_eq!(exit(&a), Some(exit_code::FORCED));
+    assert_eq!(a.last(), Some(&Action::Exit(exit_code::FORCED)));
 }
 
 #[test]
@@ -516,25 +927,73 @@ fn second_shutdown_signal_kills_at_once() {
     let mut h = Harness::serving();
     h.shutdown();
     let a = h.shutdown();
-    assert_eq!(signals(&a), vec![(100, Target::Group, Signal::KILL)]);
-    let a = h.shutdown();
-    assert!(signals(&a).is_empty(), "a third signal changes nothing");
+    assert_eq!(
+        a,
+        vec![
+            rep(Report::ShutdownStarted {
+                signal: T,
+                forced: true
+            }),
+            kill9(1, 100),
+            rep(Report::Killed {
+                gen: 1,
+                pid: 100,
+                reason: KillReason::Forced
+            }),
+        ]
+    );
+    assert_eq!(h.shutdown(), vec![], "a third signal changes nothing");
     let a = h.killed(100, Signal::KILL);
-    assert_eq!(exit(&a), Some(exit_code::FORCED));
+    assert_eq!(a.last(), Some(&Action::Exit(exit_code::FORCED)));
 }
 
 #[test]
 fn shutdown_during_a_reload_stops_both_and_fails_the_reload() {
     let mut h = Harness::serving();
-    h.reload();
+    h.reload_waiting(4);
     h.spawned(2, 200);
     let a = h.shutdown();
-    let mut s = signals(&a);
-    s.sort();
-    assert_eq!(s, vec![(100, Target::Leader, T), (200, Target::Leader, T)]);
-    assert_eq!(reload_outcome(&a), Some((2, false, Some((1, 100)))));
-    assert_eq!(exit(&h.exited(200, 0)), None);
-    assert_eq!(exit(&h.exited(100, 0)), Some(0));
+    let outcome = failed_outcome(2, FailReason::Shutdown, Duration::ZERO, Some((1, 100)));
+    assert_eq!(
+        a,
+        vec![
+            rep(Report::ShutdownStarted {
+                signal: T,
+                forced: false
+            }),
+            tell(ManagerMessage::Stopping),
+            rep(Report::Failed {
+                gen: 2,
+                pid: Some(200),
+                reason: FailReason::Shutdown
+            }),
+            tell(ManagerMessage::ReloadFailed(outcome.clone())),
+            rep(Report::ReloadFinished(outcome.clone())),
+            reply(4, Outcome::Reload(outcome)),
+            term(1, 100),
+            stopping(1, 100, None),
+            term(2, 200),
+            stopping(2, 200, None),
+        ]
+    );
+    assert_eq!(
+        h.exited(200, 0).last(),
+        Some(&rep(Report::Reaped {
+            gen: 2,
+            pid: 200,
+            status: ExitStatus::Exited(0)
+        }))
+    );
+    assert_eq!(h.exited(100, 0).last(), Some(&Action::Exit(0)));
+}
+
+#[test]
+fn shutdown_answers_reload_requests_still_waiting_to_start() {
+    let mut h = Harness::serving();
+    h.reload();
+    h.reload_waiting(5);
+    let a = h.shutdown();
+    assert!(a.contains(&reply(5, Outcome::ShuttingDown)), "{a:?}");
 }
 
 #[test]
@@ -543,9 +1002,47 @@ fn shutdown_while_spawning_stops_the_child_as_soon_as_it_exists() {
     h.reload();
     h.shutdown();
     let a = h.spawned(2, 200);
-    assert_eq!(signals(&a), vec![(200, Target::Leader, T)]);
+    assert_eq!(
+        a,
+        vec![
+            spawned_rep(2, 200, StartReason::Reload, Some(Duration::ZERO)),
+            rep(Report::Failed {
+                gen: 2,
+                pid: Some(200),
+                reason: FailReason::Shutdown
+            }),
+            tell(ManagerMessage::ReloadFailed(failed_outcome(
+                2,
+                FailReason::Shutdown,
+                Duration::ZERO,
+                None
+            ))),
+            rep(Report::ReloadFinished(failed_outcome(
+                2,
+                FailReason::Shutdown,
+                Duration::ZERO,
+                None
+            ))),
+            term(2, 200),
+            stopping(2, 200, None),
+        ]
+    );
     h.exited(100, 0);
-    assert_eq!(exit(&h.exited(200, 0)), Some(0));
+    assert_eq!(h.exited(200, 0).last(), Some(&Action::Exit(0)));
+}
+
+#[test]
+fn forced_shutdown_while_spawning_still_answers_the_reload_waiter() {
+    // Found by the model test: the waiter of a reload whose child appeared after a second
+    // stop request was never answered.
+    let mut h = Harness::serving();
+    h.reload_waiting(6);
+    h.shutdown();
+    h.shutdown();
+    let a = h.spawned(2, 200);
+    let outcome = failed_outcome(2, FailReason::Shutdown, Duration::ZERO, None);
+    assert!(a.contains(&reply(6, Outcome::Reload(outcome))), "{a:?}");
+    assert!(a.contains(&kill9(2, 200)), "{a:?}");
 }
 
 #[test]
@@ -553,33 +1050,68 @@ fn shutdown_with_no_child_left_exits_at_once() {
     let mut h = Harness::serving();
     h.exited(100, 1); // restart scheduled
     let a = h.shutdown();
-    assert_eq!(exit(&a), Some(0));
+    assert_eq!(a.last(), Some(&Action::Exit(0)));
+    assert_eq!(h.sup.poll_timeout(), None);
 }
 
 #[test]
-fn reload_during_shutdown_is_ignored() {
+fn reload_during_shutdown_is_refused() {
     let mut h = Harness::serving();
     h.shutdown();
-    let a = h.reload();
-    assert_eq!(reports(&a), vec![Report::ReloadIgnored]);
-    assert!(spawns(&a).is_empty());
+    assert_eq!(h.reload(), vec![rep(Report::ReloadIgnored)]);
+    assert_eq!(
+        h.reload_waiting(8),
+        vec![rep(Report::ReloadIgnored), reply(8, Outcome::ShuttingDown)]
+    );
 }
+
+#[test]
+fn requests_reaching_an_exited_supervisor_are_still_answered() {
+    let mut h = Harness::serving();
+    h.shutdown();
+    h.exited(100, 0);
+    assert_eq!(h.reload_waiting(1), vec![reply(1, Outcome::ShuttingDown)]);
+    assert_eq!(
+        h.ev(Event::Status { request: 2 }),
+        vec![reply(2, Outcome::Status)]
+    );
+}
+
+#[test]
+fn unkillable_group_does_not_block_shutdown_forever() {
+    let mut h = Harness::serving();
+    h.shutdown();
+    h.shutdown();
+    let a = h.advance(secs(5));
+    assert_eq!(
+        a,
+        vec![
+            rep(Report::Unkillable { gen: 1, pid: 100 }),
+            Action::Retire {
+                gen: 1,
+                leftovers: None
+            },
+            Action::Exit(exit_code::FORCED),
+        ]
+    );
+}
+
+// ---- notify messages, signals, probes, files, listeners ----------------------------------
 
 #[test]
 fn unknown_pid_exit_is_ignored() {
     let mut h = Harness::serving();
-    assert!(h.exited(4242, 0).is_empty());
+    assert_eq!(h.exited(4242, 0), vec![]);
     assert_eq!(h.sup.serving(), Some((1, 100)));
 }
 
 #[test]
-fn ready_from_a_stopping_generation_is_ignored() {
+fn ready_from_a_draining_generation_is_ignored() {
     let mut h = Harness::serving();
     h.reload();
     h.spawned(2, 200);
     h.ready(2);
-    let a = h.ready(1);
-    assert!(a.is_empty());
+    assert_eq!(h.ready(1), vec![]);
     assert_eq!(h.sup.serving(), Some((2, 200)));
 }
 
@@ -593,13 +1125,28 @@ fn extend_timeout_pushes_the_ready_deadline() {
         extend_timeout_usec: Some(30_000_000),
         ..Default::default()
     };
-    h.ev(Event::Notify { gen: 2, msg });
-    assert!(
-        h.advance(secs(10)).is_empty(),
+    assert_eq!(h.ev(Event::Notify { gen: 2, msg }), vec![]);
+    assert_eq!(h.deadline_in(2), Some(secs(30)));
+    assert_eq!(
+        h.advance(secs(10)),
+        vec![],
         "60 s passed, but the deadline moved to 80 s"
     );
     let a = h.advance(secs(20));
-    assert_eq!(signals(&a), vec![(200, Target::Group, Signal::KILL)]);
+    assert!(a.contains(&kill9(2, 200)), "{a:?}");
+}
+
+#[test]
+fn extend_timeout_never_shortens_a_deadline() {
+    let mut h = Harness::serving();
+    h.reload();
+    h.spawned(2, 200);
+    let msg = NotifyMessage {
+        extend_timeout_usec: Some(1_000_000),
+        ..Default::default()
+    };
+    h.ev(Event::Notify { gen: 2, msg });
+    assert_eq!(h.deadline_in(2), Some(secs(60)));
 }
 
 #[test]
@@ -610,9 +1157,19 @@ fn ready_after_makes_a_silent_child_ready() {
     };
     let (mut h, _) = Harness::new(policy);
     h.spawned(1, 100);
-    assert!(h.advance(ms(499)).is_empty());
+    assert_eq!(h.advance(ms(499)), vec![]);
     let a = h.advance(ms(1));
-    assert!(matches!(reports(&a)[..], [Report::Ready { gen: 1, .. }]));
+    assert_eq!(
+        a,
+        vec![
+            rep(Report::Ready {
+                gen: 1,
+                pid: 100,
+                after: ms(500)
+            }),
+            tell(ManagerMessage::Ready { gen: 1, pid: 100 }),
+        ]
+    );
 }
 
 #[test]
@@ -625,40 +1182,16 @@ fn status_and_stopping_messages_are_reported() {
     };
     let a = h.ev(Event::Notify { gen: 1, msg });
     assert_eq!(
-        reports(&a),
+        a,
         vec![
-            Report::Status {
+            rep(Report::Status {
                 gen: 1,
                 pid: 100,
                 text: "42 requests".into()
-            },
-            Report::ChildStopping { gen: 1, pid: 100 }
+            }),
+            rep(Report::ChildStopping { gen: 1, pid: 100 })
         ]
     );
-}
-
-#[test]
-fn exec_failure_of_the_first_child_ends_handoff() {
-    let (mut h, _) = Harness::new(Policy::default());
-    let a = h.ev(Event::SpawnFailed {
-        gen: 1,
-        error: "No such file".into(),
-    });
-    assert_eq!(exit(&a), Some(exit_code::FAILURE));
-    assert!(a.contains(&Action::Release { gen: 1, pgid: None }));
-}
-
-#[test]
-fn exec_failure_on_reload_keeps_the_old_generation() {
-    let mut h = Harness::serving();
-    h.reload();
-    let a = h.ev(Event::SpawnFailed {
-        gen: 2,
-        error: "No such file".into(),
-    });
-    assert_eq!(reload_outcome(&a), Some((2, false, Some((1, 100)))));
-    assert_eq!(exit(&a), None);
-    assert_eq!(h.sup.serving(), Some((1, 100)));
 }
 
 #[test]
@@ -667,48 +1200,40 @@ fn forwarded_signals_go_to_the_serving_leader() {
     let a = h.ev(Event::Forward {
         signal: Signal::USR1,
     });
-    assert_eq!(signals(&a), vec![(100, Target::Leader, Signal::USR1)]);
+    assert_eq!(
+        a,
+        vec![
+            Action::Signal {
+                gen: 1,
+                pid: 100,
+                target: Target::Leader,
+                signal: Signal::USR1
+            },
+            rep(Report::Forwarded {
+                gen: Some(1),
+                signal: Signal::USR1
+            }),
+        ]
+    );
     h.exited(100, 1);
     let a = h.ev(Event::Forward {
         signal: Signal::USR2,
     });
-    assert!(signals(&a).is_empty());
+    assert_eq!(
+        a,
+        vec![rep(Report::Forwarded {
+            gen: None,
+            signal: Signal::USR2
+        })]
+    );
 }
 
 #[test]
-fn first_generation_ready_timeout_is_killed_then_restarted() {
-    let (mut h, _) = Harness::new(Policy::default());
-    h.spawned(1, 100);
-    let a = h.advance(secs(60));
-    assert_eq!(signals(&a), vec![(100, Target::Group, Signal::KILL)]);
-    let a = h.killed(100, Signal::KILL);
-    assert!(reports(&a).contains(&Report::RestartScheduled { delay: ms(100) }));
-}
-
-#[test]
-fn unkillable_group_does_not_block_shutdown_forever() {
+fn status_requests_are_answered_at_once() {
     let mut h = Harness::serving();
-    h.shutdown();
-    h.shutdown();
-    let a = h.advance(secs(5));
-    assert!(reports(&a).contains(&Report::Unkillable { gen: 1, pid: 100 }));
-    assert_eq!(exit(&a), Some(exit_code::FORCED));
-}
-
-#[test]
-fn unkillable_first_generation_is_given_up_and_replaced() {
-    // Found by the model test: a start that times out and then survives SIGKILL must not
-    // leave handoff with nothing serving and nothing scheduled.
-    let (mut h, _) = Harness::new(Policy::default());
-    h.spawned(1, 100);
-    h.fire(); // ready timeout → SIGKILL
-    let a = h.fire(); // reap deadline
-    assert!(reports(&a).contains(&Report::Unkillable { gen: 1, pid: 100 }));
-    assert!(reports(&a).contains(&Report::RestartScheduled { delay: ms(100) }));
-    assert_eq!(spawns(&h.fire()), vec![2]);
-    assert!(
-        h.exited(100, 0).is_empty(),
-        "a late exit of the forgotten pid changes nothing"
+    assert_eq!(
+        h.ev(Event::Status { request: 11 }),
+        vec![reply(11, Outcome::Status)]
     );
 }
 
@@ -726,50 +1251,111 @@ fn ready_probe_runs_until_it_succeeds() {
         vec![Action::Probe { gen: 1, pid: 100 }],
         "first probe at once"
     );
-    assert!(h.ev(Event::ProbeResult { gen: 1, ok: false }).is_empty());
-    assert!(h.advance(ms(249)).is_empty());
+    assert_eq!(h.ev(Event::ProbeResult { gen: 1, ok: false }), vec![]);
+    assert_eq!(h.advance(ms(249)), vec![]);
     let a = h.advance(ms(1));
     assert_eq!(a, vec![Action::Probe { gen: 1, pid: 100 }]);
     let a = h.ev(Event::ProbeResult { gen: 1, ok: true });
-    assert!(matches!(reports(&a)[..], [Report::Ready { gen: 1, .. }]));
+    assert_eq!(
+        a,
+        vec![
+            rep(Report::Ready {
+                gen: 1,
+                pid: 100,
+                after: ms(250)
+            }),
+            tell(ManagerMessage::Ready { gen: 1, pid: 100 }),
+        ]
+    );
     // No further probes once ready, and a late result changes nothing.
     assert_eq!(h.sup.poll_timeout(), None);
-    assert!(h.ev(Event::ProbeResult { gen: 1, ok: true }).is_empty());
+    assert_eq!(h.ev(Event::ProbeResult { gen: 1, ok: true }), vec![]);
+}
+
+#[test]
+fn a_running_probe_is_stopped_when_the_child_becomes_ready_otherwise() {
+    let policy = Policy {
+        probe_interval: Some(ms(250)),
+        ..Policy::default()
+    };
+    let (mut h, _) = Harness::new(policy);
+    h.spawned(1, 100);
+    h.advance(Duration::ZERO);
+    let a = h.ready(1);
+    assert_eq!(a[0], Action::StopProbe { gen: 1 });
+    assert_eq!(
+        h.ev(Event::ProbeResult { gen: 1, ok: false }),
+        vec![],
+        "the killed probe's result is ignored"
+    );
+}
+
+#[test]
+fn a_running_probe_is_stopped_when_the_child_dies() {
+    let policy = Policy {
+        probe_interval: Some(ms(250)),
+        ..Policy::default()
+    };
+    let (mut h, _) = Harness::new(policy);
+    h.spawned(1, 100);
+    h.advance(Duration::ZERO);
+    let a = h.exited(100, 1);
+    assert_eq!(a[..2], [Action::StopProbe { gen: 1 }, retire(1, 100)]);
 }
 
 #[test]
 fn a_burst_of_file_changes_gives_one_reload_after_the_quiet_time() {
     let mut h = Harness::serving();
     for _ in 0..50 {
-        assert!(h.ev(Event::FileChanged).is_empty());
+        assert_eq!(h.ev(Event::FileChanged), vec![]);
         h.now += ms(10);
     }
-    assert!(
-        h.advance(ms(489)).is_empty(),
+    assert_eq!(
+        h.advance(ms(489)),
+        vec![],
         "500 ms after the last change, not before"
     );
-    let a = h.advance(ms(1));
-    assert_eq!(spawns(&a), vec![2]);
+    assert_eq!(h.advance(ms(1)), reload_started(2));
     // Changes during the reload coalesce into one more.
     h.ev(Event::FileChanged);
     let a = h.fire();
-    assert!(spawns(&a).is_empty());
+    assert_eq!(a, vec![rep(Report::ReloadRequested { coalesced: false })]);
     h.spawned(2, 200);
-    assert_eq!(spawns(&h.ready(2)), vec![3]);
+    let a = h.ready(2);
+    assert_eq!(a.last(), Some(&spawn(3)));
 }
 
 #[test]
-fn status_snapshot_lists_generations() {
+fn a_restored_listener_starts_a_new_generation() {
+    let mut h = Harness::serving();
+    assert_eq!(h.ev(Event::ListenersRestored { count: 0 }), vec![]);
+    assert_eq!(
+        h.ev(Event::ListenersRestored { count: 1 }),
+        reload_started(2)
+    );
+    h.shutdown();
+    assert_eq!(
+        h.ev(Event::ListenersRestored { count: 1 }),
+        vec![],
+        "not while stopping"
+    );
+}
+
+#[test]
+fn snapshot_lists_generations_with_their_phase() {
     let mut h = Harness::serving();
     h.reload();
     h.spawned(2, 200);
-    let st = h.sup.status(h.now);
-    assert_eq!(st.len(), 2);
-    assert_eq!((st[0].gen, st[0].phase), (1, Phase::Serving));
-    assert_eq!(
-        (st[1].gen, st[1].phase, st[1].pid),
-        (2, Phase::Starting, Some(200))
-    );
+    let st = h.sup.snapshot(h.now);
+    assert_eq!(st.generations.len(), 2);
+    assert_eq!(st.generations[0].gen, 1);
+    assert!(matches!(
+        st.generations[0].phase,
+        Phase::Serving { pid: 100, .. }
+    ));
+    assert_eq!(st.generations[1].phase, Phase::Starting { pid: 200 });
+    assert_eq!(st.generations[1].phase.name(), "starting");
+    assert_eq!(st.serving, Some((1, 100)));
 }
 
 mod model {
@@ -780,6 +1366,7 @@ mod model {
     #[derive(Clone, Debug)]
     enum Step {
         Reload,
+        ReloadWaiting,
         Shutdown,
         Spawn,
         SpawnFail,
@@ -791,7 +1378,8 @@ mod model {
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
-            3 => Just(Step::Reload),
+            2 => Just(Step::Reload),
+            1 => Just(Step::ReloadWaiting),
             1 => Just(Step::Shutdown),
             4 => Just(Step::Spawn),
             1 => Just(Step::SpawnFail),
@@ -805,13 +1393,24 @@ mod model {
     proptest! {
         #[test]
         fn invariants_hold(steps in proptest::collection::vec(step(), 1..80)) {
-            let (mut h, first) = Harness::new(Policy::default());
+            let policy = Policy { probe_interval: Some(ms(300)), ..Policy::default() };
+            let (mut h, first) = Harness::new(policy.clone());
+            let spawns = |a: &[Action]| -> Vec<GenId> {
+                a.iter().filter_map(|a| match a { Action::Spawn { gen } => Some(*gen), _ => None }).collect()
+            };
             let mut spawning: Vec<GenId> = spawns(&first);
             let mut live: Vec<(GenId, Pid)> = Vec::new();
             let mut next_pid = 100;
+            let mut next_request = 1;
+            let mut open_requests: Vec<RequestId> = Vec::new();
             for s in steps {
                 let a = match s {
                     Step::Reload => h.reload(),
+                    Step::ReloadWaiting => {
+                        next_request += 1;
+                        open_requests.push(next_request);
+                        h.reload_waiting(next_request)
+                    }
                     Step::Shutdown => h.shutdown(),
                     Step::Spawn if !spawning.is_empty() => {
                         let gen = spawning.remove(0);
@@ -836,22 +1435,42 @@ mod model {
                     _ => Vec::new(),
                 };
                 spawning.extend(spawns(&a));
+                for act in &a {
+                    if let Action::Reply { request, outcome } = act {
+                        // Every request is answered exactly once (reloads have no interim answer).
+                        prop_assert!(open_requests.contains(request), "unexpected or second reply {:?}", act);
+                        prop_assert!(outcome.is_final());
+                        open_requests.retain(|r| r != request);
+                    }
+                }
                 if h.sup.finished().is_some() {
+                    prop_assert!(open_requests.is_empty(), "unanswered at exit: {:?}", open_requests);
                     // Exiting: the shell's cleanup kills whatever is left.
                     break;
                 }
+                let snap = h.sup.snapshot(h.now);
                 // Never more than one generation starting at once.
-                let starting = h.sup.status(h.now).iter()
-                    .filter(|g| matches!(g.phase, Phase::Spawning | Phase::Starting)).count();
+                let starting = snap.generations.iter().filter(|g| g.phase.is_starting()).count();
                 prop_assert!(starting <= 1);
                 // Never more than one generation serving once events settle.
-                let serving = h.sup.status(h.now).iter()
-                    .filter(|g| g.phase == Phase::Serving).count();
+                let serving = snap.generations.iter()
+                    .filter(|g| matches!(g.phase, Phase::Serving { .. })).count();
                 prop_assert!(serving <= 1);
-                // Every live generation with a process has a deadline or is serving.
-                for g in h.sup.status(h.now) {
-                    if matches!(g.phase, Phase::Starting | Phase::Stopping | Phase::Killing) {
-                        prop_assert!(h.sup.poll_timeout().is_some());
+                // Each generation with a process carries its own deadline, the right one for its
+                // phase; a serving one has none.
+                for g in &snap.generations {
+                    let left = g.deadline.map(|d| d.saturating_duration_since(h.now));
+                    match g.phase {
+                        Phase::Spawning => prop_assert_eq!(left, None),
+                        Phase::Starting { .. } => {
+                            // The ready deadline, or an earlier probe run.
+                            prop_assert!(left.is_some_and(|l| l <= policy.ready_timeout), "{:?}", g);
+                        }
+                        Phase::Serving { .. } => prop_assert_eq!(left, None),
+                        Phase::Draining { since, .. } => prop_assert_eq!(
+                            g.deadline, Some(since + policy.drain_timeout)),
+                        Phase::Killing { .. } => prop_assert!(
+                            left.is_some_and(|l| l <= policy.kill_wait), "{:?}", g),
                     }
                 }
             }

@@ -1,0 +1,191 @@
+//! How handoff describes itself: `status` (JSON and text), the answers to control requests,
+//! and the messages for its service manager. Rendering only: every decision was made by the
+//! state machine.
+
+use std::time::Instant;
+
+use handoff_core::supervisor::{ManagerMessage, Outcome, ReloadOutcome, Snapshot};
+use handoff_sys::listeners::Listener;
+use serde_json::{json, Value};
+
+use crate::control::VERSION;
+
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
+}
+
+fn tenths(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 10.0).round() / 10.0
+}
+
+/// One line for a person: what a reload did.
+pub fn reload_message(o: &ReloadOutcome) -> String {
+    match (&o.failure, o.serving) {
+        (None, serving) => format!(
+            "reload finished: generation {} (pid {}) serving, ready after {:.0} ms",
+            o.gen,
+            serving.map_or_else(|| "?".to_string(), |s| s.1.to_string()),
+            o.after.as_secs_f64() * 1e3
+        ),
+        (Some(why), Some((sg, sp))) => format!(
+            "new generation {} {why}; still serving generation {sg}, pid {sp}",
+            o.gen
+        ),
+        (Some(why), None) => format!("new generation {} {why}; no generation is serving", o.gen),
+    }
+}
+
+/// The answer line to a control request (protocol version [`VERSION`]). `status` is the
+/// rendered status, used for [`Outcome::Status`].
+pub fn reply_line(outcome: &Outcome, status: impl FnOnce() -> Value) -> String {
+    let v = match outcome {
+        Outcome::ReloadRequested => {
+            json!({"v": VERSION, "ok": true, "message": "reload requested"})
+        }
+        Outcome::Reload(o) => {
+            let message = reload_message(o);
+            json!({
+                "v": VERSION, "ok": o.ok(), "gen": o.gen,
+                "serving_gen": o.serving.map(|s| s.0), "serving_pid": o.serving.map(|s| s.1),
+                "duration_ms": ms(o.after),
+                "message": if o.ok() { Some(&message) } else { None },
+                "error": if o.ok() { None } else { Some(&message) },
+            })
+        }
+        Outcome::ShuttingDown => {
+            json!({"v": VERSION, "ok": false, "error": "handoff is shutting down"})
+        }
+        Outcome::Status => json!({"v": VERSION, "ok": true, "status": status()}),
+        Outcome::Stopping => json!({
+            "v": VERSION, "ok": true, "pid": std::process::id(), "message": "stopping"
+        }),
+        Outcome::Stopped { code } => json!({
+            "v": VERSION, "ok": true, "pid": std::process::id(), "code": code,
+            "message": "stopped",
+        }),
+    };
+    v.to_string()
+}
+
+/// `status --json`.
+pub fn json(snap: &Snapshot, listeners: &[Listener], started: Instant, now: Instant) -> Value {
+    let gens: Vec<Value> = snap
+        .generations
+        .iter()
+        .map(|g| {
+            json!({
+                "gen": g.gen,
+                "pid": g.phase.pid(),
+                "state": g.phase.name(),
+                "age_s": tenths(g.age),
+                "time_to_ready_ms": g.time_to_ready.map(ms),
+            })
+        })
+        .collect();
+    let listeners: Vec<Value> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| json!({"fd": 3 + i, "name": l.name, "addr": l.local, "kind": l.kind}))
+        .collect();
+    let last = snap.last_reload.as_ref().map(|(o, at)| {
+        json!({
+            "gen": o.gen,
+            "result": if o.ok() { "ok" } else { "failed" },
+            "duration_ms": ms(o.after),
+            "message": reload_message(o),
+            "ago_s": tenths(now.saturating_duration_since(*at)),
+        })
+    });
+    json!({
+        "pid": std::process::id(),
+        "uptime_s": tenths(now.saturating_duration_since(started)),
+        "serving": snap.serving.map(|(g, p)| json!({"gen": g, "pid": p})),
+        "generations": gens,
+        "listeners": listeners,
+        "reloads": snap.reloads,
+        "last_reload": last,
+    })
+}
+
+/// `handoff status` as text.
+pub fn text(v: &Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "handoff pid {}, up {}s, {} reload(s)",
+        v["pid"], v["uptime_s"], v["reloads"]
+    );
+    let _ = writeln!(out, "generations:");
+    for g in v["generations"].as_array().into_iter().flatten() {
+        let ready = g["time_to_ready_ms"]
+            .as_f64()
+            .map(|m| format!(", ready in {m} ms"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {:>4}  pid {:<8} {:<9} age {}s{ready}",
+            g["gen"],
+            g["pid"],
+            g["state"].as_str().unwrap_or("?"),
+            g["age_s"]
+        );
+    }
+    let _ = writeln!(out, "listeners:");
+    for l in v["listeners"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  fd {}  {:<8} {}",
+            l["fd"],
+            l["name"].as_str().unwrap_or(""),
+            l["addr"].as_str().unwrap_or("")
+        );
+    }
+    match v["last_reload"].as_object() {
+        Some(r) => {
+            let _ = writeln!(
+                out,
+                "last reload: {} ({} ms, {}s ago): {}",
+                r["result"].as_str().unwrap_or("?"),
+                r["duration_ms"],
+                r["ago_s"],
+                r["message"].as_str().unwrap_or("")
+            );
+        }
+        None => {
+            let _ = writeln!(out, "last reload: none");
+        }
+    }
+    out
+}
+
+/// What to send the service manager for `m`: the assignments of one datagram (systemd reads
+/// one datagram at a time, so related assignments must travel together).
+pub enum ManagerDatagram {
+    /// `READY=1`, `STATUS=...`.
+    Ready(String),
+    /// `STATUS=...`.
+    Status(String),
+    /// `RELOADING=1`, `MONOTONIC_USEC=now`, `STATUS=...`.
+    Reloading(String),
+    /// `STOPPING=1`, `STATUS=...`.
+    Stopping(String),
+}
+
+pub fn manager_datagram(m: &ManagerMessage) -> ManagerDatagram {
+    match m {
+        ManagerMessage::Ready { gen, pid } => {
+            ManagerDatagram::Ready(format!("serving generation {gen} (pid {pid})"))
+        }
+        ManagerMessage::Serving { gen, pid } => {
+            ManagerDatagram::Status(format!("serving generation {gen} (pid {pid})"))
+        }
+        ManagerMessage::Reloading { gen } => {
+            ManagerDatagram::Reloading(format!("reloading: starting generation {gen}"))
+        }
+        ManagerMessage::ReloadFailed(o) => {
+            ManagerDatagram::Ready(format!("reload failed: {}", reload_message(o)))
+        }
+        ManagerMessage::Stopping => ManagerDatagram::Stopping("stopping: draining".into()),
+    }
+}
