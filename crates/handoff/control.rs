@@ -168,8 +168,14 @@ pub fn bind_abstract() -> io::Result<StdListener> {
     StdListener::bind_addr(&abstract_addr(std::process::id())?)
 }
 
-/// Accept connections on `listener` forever, handing requests to `tx`.
-pub async fn serve(listener: StdListener, tx: mpsc::UnboundedSender<Incoming>) {
+/// Accept connections on `listener` forever, handing requests to `tx`. Every connection task
+/// holds a clone of `alive` until it has written its last answer, so that handoff can wait
+/// at exit for the final answers (`stop`'s exit code) to be written.
+pub async fn serve(
+    listener: StdListener,
+    tx: mpsc::UnboundedSender<Incoming>,
+    alive: mpsc::Sender<()>,
+) {
     if listener.set_nonblocking(true).is_err() {
         return;
     }
@@ -180,11 +186,15 @@ pub async fn serve(listener: StdListener, tx: mpsc::UnboundedSender<Incoming>) {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        tokio::spawn(connection(stream, tx.clone()));
+        tokio::spawn(connection(stream, tx.clone(), alive.clone()));
     }
 }
 
-async fn connection(mut stream: UnixStream, tx: mpsc::UnboundedSender<Incoming>) {
+async fn connection(
+    mut stream: UnixStream,
+    tx: mpsc::UnboundedSender<Incoming>,
+    _alive: mpsc::Sender<()>,
+) {
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
     let allowed = stream

@@ -122,10 +122,13 @@ impl Driver {
     /// Run until the state machine says to exit; returns the exit code.
     pub async fn run(mut self, mut signals: Signals) -> i32 {
         let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<Incoming>();
-        for l in std::mem::take(&mut self.services.control.listeners) {
-            tokio::spawn(control::serve(l, ctl_tx.clone()));
-        }
-        drop(ctl_tx);
+        // Never sent on: closed once every connection task has ended.
+        let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+        let servers: Vec<_> = std::mem::take(&mut self.services.control.listeners)
+            .into_iter()
+            .map(|l| tokio::spawn(control::serve(l, ctl_tx.clone(), alive_tx.clone())))
+            .collect();
+        drop((ctl_tx, alive_tx));
         let changed = self.services.watcher.as_ref().map(|w| w.changed.clone());
         // The watchdog is fed from this loop: if the loop stalls, systemd notices.
         let mut watchdog = self
@@ -142,6 +145,14 @@ impl Driver {
             self.perform_all();
             if let Some(code) = self.exit {
                 self.cleanup(code);
+                // Let the connections write their last answers (a `stop` client waits for
+                // the exit code), but never wait long for a client that does not read.
+                for s in servers {
+                    s.abort();
+                }
+                self.requests.clear();
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), alive_rx.recv()).await;
                 return code;
             }
             let deadline = self.sup.poll_timeout();

@@ -11,6 +11,15 @@ use serde_json::Value;
 
 use crate::util::*;
 
+/// Stops a background thread's loop when the test ends, also by a failed assertion.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 fn rss_kib(pid: u32) -> u64 {
     status_field(pid, "VmRSS")
         .split_whitespace()
@@ -129,34 +138,63 @@ fn ready_from_an_unrelated_process_is_ignored() {
 }
 
 #[test]
-fn a_notify_flood_neither_stalls_nor_grows_handoff() {
-    let h = with_fixture(&[], &[]);
+fn a_notify_flood_during_a_reload_and_a_stop_starves_nothing_and_grows_nothing() {
+    // The flood runs the whole time: while generation 2 starts and takes over, while a status
+    // request is answered, and while handoff drains and exits on SIGTERM. Every one of those
+    // goes through another input of the event loop (SIGCHLD, signals, control socket, timers),
+    // which a flood must not starve.
+    let mut h = with_fixture(&[], &["--ready-delay", "0.3"]);
     let p1 = h.ready(1);
-    let sock = environ(p1)
+    let sock1 = environ(p1)
         .get("NOTIFY_SOCKET")
         .cloned()
         .expect("NOTIFY_SOCKET");
+    let socks = [
+        sock1.clone(),
+        sock1.replace("notify-1.sock", "notify-2.sock"),
+    ];
     let rss0 = rss_kib(h.pid);
-    let fds0 = fds(h.pid).len();
-    let s = UnixDatagram::unbound().expect("socket");
-    s.set_nonblocking(true).expect("nonblocking");
-    let big = vec![b'X'; 60_000]; // larger than the 4096-byte limit: dropped whole
-    let mut sent = 0;
-    let end = Instant::now() + Duration::from_secs(3);
-    while sent < 20_000 && Instant::now() < end {
-        let msg: &[u8] = if sent % 10 == 0 {
-            &big
-        } else {
-            b"READY=1\nSTATUS=flood"
-        };
-        if s.send_to(msg, &sock).is_ok() {
-            sent += 1;
-        } else {
-            std::thread::yield_now(); // receive buffer full: handoff is draining it
-        }
-    }
-    assert!(sent > 1000, "only {sent} datagrams could be sent");
-    // Meanwhile handoff still does its job: a reload completes promptly.
+    // Without the /proc files handoff opens for a moment to attribute each datagram.
+    let held = |pid| -> Vec<(i32, String)> {
+        fds(pid)
+            .into_iter()
+            .filter(|(_, f)| !f.starts_with("/proc/"))
+            .collect()
+    };
+    let fds0 = held(h.pid);
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_panic = StopOnDrop(stop.clone());
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let flooders: Vec<_> = (0..3)
+        .map(|_| {
+            let socks = socks.clone();
+            let (stop, sent) = (stop.clone(), sent.clone());
+            std::thread::spawn(move || {
+                let s = UnixDatagram::unbound().expect("socket");
+                s.set_nonblocking(true).expect("nonblocking");
+                let big = vec![b'X'; 60_000]; // larger than the 4096-byte limit: dropped whole
+                let end = Instant::now() + Duration::from_secs(60);
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                    let msg: &[u8] = if n % 1000 == 1 {
+                        &big
+                    } else {
+                        b"READY=1\nSTATUS=flood"
+                    };
+                    // Whichever generations exist: gen 1's socket goes away once it has drained.
+                    for sock in &socks {
+                        if s.send_to(msg, sock).is_ok() {
+                            n += 1;
+                            sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_until("the flood is under way", WAIT, || {
+        sent.load(Ordering::Relaxed) > 2000
+    });
     let t = Instant::now();
     h.reload();
     assert_eq!(
@@ -169,16 +207,37 @@ fn a_notify_flood_neither_stalls_nor_grows_handoff() {
         t.elapsed()
     );
     h.wait("drained", &[("gen", 1.into())]); // one generation again, as when fds0 was read
-    assert_eq!(fds(h.pid).len(), fds0);
+    let fds1 = held(h.pid);
+    assert_eq!(fds1.len(), fds0.len(), "{fds0:?} then {fds1:?}");
+    let (code, out, err) = h.cmd(&["status", "--json"]);
+    assert_eq!(code, 0, "status during a flood: {out} {err}");
     let rss1 = rss_kib(h.pid);
     assert!(
         rss1 <= rss0 + 1024,
         "RSS grew from {rss0} KiB to {rss1} KiB under a notify flood"
     );
+    // The flood is still going when the stop begins.
+    let before_stop = sent.load(Ordering::Relaxed);
+    wait_until("the flood to go on", WAIT, || {
+        sent.load(Ordering::Relaxed) > before_stop + 100
+    });
+    h.signal(libc::SIGTERM);
+    let t = Instant::now();
+    assert_eq!(h.wait_exit(Duration::from_secs(20)), 0);
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "stop took {:?} during a flood",
+        t.elapsed()
+    );
+    stop.store(true, Ordering::Relaxed);
+    for f in flooders {
+        f.join().expect("flooder");
+    }
+    let total = sent.load(Ordering::Relaxed);
     // Strangers were logged sparsely, not once per datagram.
     let logged = h.events("notify_rejected").len();
     assert!(
         logged < 40,
-        "{logged} log lines for {sent} rejected datagrams"
+        "{logged} log lines for {total} rejected datagrams"
     );
 }

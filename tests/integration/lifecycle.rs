@@ -48,12 +48,25 @@ fn drain_timeout_on_shutdown_exits_3() {
 
 #[test]
 fn crashed_child_is_replaced_and_clients_wait_instead_of_being_refused() {
-    let h = with_fixture(&[], &["--crash-after-ready", "0.3"]);
+    // Ready after 0.5 s: generation 2 cannot be ready before the client below has connected.
+    let h = with_fixture(&[], &["--crash-after-ready", "0.3", "--ready-delay", "0.5"]);
     h.ready(1);
+    let addr = h.addr(0);
     let exited = h.wait("exited", &[("gen", 1.into())]);
     assert_eq!(exited["status"], "exit status 3");
     h.wait("restart_scheduled", &[]);
+    // Nothing serves now (back-off, then generation 2 starts): a client connects and waits in
+    // the kernel's queue of the socket handoff holds, and generation 2 answers it.
+    assert!(
+        h.events("ready").len() == 1,
+        "generation 2 must not be ready yet for this check to mean anything"
+    );
+    let client = std::thread::spawn(move || get(addr, "/"));
     h.ready(2);
+    match client.join().expect("client") {
+        Outcome::Ok { status: 200, body } => assert_eq!(json_gen(&body), Some(2)),
+        other => panic!("a client during the restart got {other:?}"),
+    }
 }
 
 #[test]
