@@ -208,6 +208,10 @@ fn pid_file_is_written_refuses_a_second_start_and_is_removed() {
         std::fs::read_to_string(&pidf).expect("pid file").trim(),
         h.pid.to_string()
     );
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(&pidf).expect("pid file");
+    assert!(meta.is_file());
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
     let marker = h.dir.path().join("second-started");
     let out = Command::new(BIN)
         .args(["--listen", "127.0.0.1:0", "--control", "none", "--pid-file"])
@@ -223,6 +227,45 @@ fn pid_file_is_written_refuses_a_second_start_and_is_removed() {
     h.signal(libc::SIGTERM);
     assert_eq!(h.wait_exit(WAIT), 0);
     assert!(!pidf.exists(), "pid file removed at exit");
+}
+
+#[test]
+fn a_symlink_planted_at_the_pid_files_temporary_name_is_never_followed() {
+    // handoff writes PIDFILE via DIR/.NAME.PID.tmp. Someone who can write in DIR plants that
+    // name as a symlink to a file of root's: root must not truncate (or write) it. The pid is
+    // known in advance because the shell execs handoff.
+    let dir = TempDir::new();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious\n").expect("write victim");
+    let pidf = dir.path().join("app.pid");
+    let marker = dir.path().join("child-started");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(r#"v=$1 d=$2; shift 2; ln -s "$v" "$d/.app.pid.$$.tmp" && exec "$@""#)
+        .arg("sh")
+        .arg(&victim)
+        .arg(dir.path())
+        .arg(BIN)
+        .args(["--restart", "never", "--control", "none", "--pid-file"])
+        .arg(&pidf)
+        .args(["--", "touch"])
+        .arg(&marker)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "precious\n",
+        "the symlink's target was written; stderr: {err}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cannot write pid file") && err.contains("already exists"),
+        "{err}"
+    );
+    assert!(!pidf.exists(), "a pid file was written");
+    assert!(!marker.exists(), "the child was started");
 }
 
 #[test]
