@@ -348,7 +348,19 @@ fn resolve(a: &TcpAddr) -> io::Result<Vec<(SocketAddr, Option<bool>)>> {
 }
 
 /// A socket bound (and, for TCP, listening) at exactly `addr`, with handoff's options:
-/// SO_REUSEADDR, IPV6_V6ONLY as given, close-on-exec (socket2's default), no SO_REUSEPORT.
+/// SO_REUSEADDR for TCP only, IPV6_V6ONLY as given, close-on-exec (socket2's default), and
+/// never SO_REUSEPORT.
+///
+/// No stranger may share the address (tests/listeners.rs checks each claim):
+/// - UDP: SO_REUSEADDR on two UDP sockets lets both bind the same address, whatever their
+///   owners, and the kernel then hands datagrams to either: another local user could read
+///   them. So a UDP listener is bound without it, and any later bind there fails.
+/// - TCP: Linux never lets a socket bind a port on which another socket is in LISTEN state,
+///   SO_REUSEADDR or not, same user or not (checked on 6.x as root and as nobody, against
+///   127.0.0.1, 0.0.0.0 and a dual-stack [::]). SO_REUSEADDR only lets handoff bind while
+///   connections of a previous run sit in TIME_WAIT, so it is kept.
+/// - SO_REUSEPORT would let any process of the same user join the port and take a share of
+///   the connections: never set.
 fn open_inet(
     addr: SocketAddr,
     v6only: Option<bool>,
@@ -357,7 +369,9 @@ fn open_inet(
 ) -> io::Result<Socket> {
     let ty = if udp { Type::DGRAM } else { Type::STREAM };
     let sock = Socket::new(Domain::for_address(addr), ty, None)?;
-    sock.set_reuse_address(true)?;
+    if !udp {
+        sock.set_reuse_address(true)?;
+    }
     if let Some(only) = v6only {
         sock.set_only_v6(only)?;
     }
