@@ -263,12 +263,9 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
         // From here on, `listeners` removes its socket files if we return early.
         let guard = ListenerGuard(listeners);
         let control = setup_control(&cli)?;
-        let dir = RuntimeDir::create()
+        // Stays handoff's: mode 0711 if the children run as another user (see RuntimeDir).
+        let dir = RuntimeDir::create_for(creds.as_ref().map(|c| c.uid))
             .map_err(|e| format!("cannot create a runtime directory for notify sockets: {e}"))?;
-        if let Some(c) = &creds {
-            dir.chown(c.uid, c.gid)
-                .map_err(|e| format!("cannot hand the notify directory to the child's user: {e}"))?;
-        }
         let pid_file = match pid_file {
             Some(p) => Some(p.write()?),
             None => None,

@@ -476,6 +476,77 @@ fn child_runs_as_the_requested_user_with_its_groups() {
 }
 
 #[test]
+#[ignore = "needs root"]
+fn the_notify_directory_stays_handoffs_and_a_child_of_another_user_cannot_change_it() {
+    assert!(
+        is_root(),
+        "this test needs root: run it as root with --ignored"
+    );
+    let b = handoff();
+    let base = b.dir().join("run");
+    std::fs::create_dir(&base).expect("mkdir");
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let h = b
+        .env("RUNTIME_DIRECTORY", base.to_str().expect("utf8"))
+        .args(["--listen", "127.0.0.1:0", "--user", "nobody", "--"])
+        .args(["/usr/bin/python3", &fixture()])
+        .start();
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run setpriv")
+            .success()
+    };
+    for gen in [1u64, 2] {
+        if gen == 2 {
+            h.reload();
+        }
+        // READY=1 arrived: the child, as nobody, could reach its notify socket.
+        let pid = h.ready(gen);
+        let sock = environ(pid)
+            .get("NOTIFY_SOCKET")
+            .cloned()
+            .expect("NOTIFY_SOCKET");
+        let sock = std::path::PathBuf::from(sock);
+        let dir = sock.parent().expect("parent");
+        assert_eq!(dir.parent(), Some(base.as_path()));
+        let d = std::fs::symlink_metadata(dir).expect("dir");
+        assert!(d.is_dir());
+        assert_eq!(
+            (d.uid(), d.mode() & 0o7777),
+            (0, 0o711),
+            "notify directory owner and mode"
+        );
+        let s = std::fs::symlink_metadata(&sock).expect("socket");
+        assert!(s.file_type().is_socket());
+        assert_eq!((s.uid(), s.mode() & 0o7777), (0, 0o666), "socket");
+        // The child's user can only traverse the directory: it cannot swap its socket for a
+        // symlink, nor plant, rename or remove anything there.
+        let planted = dir.join("planted");
+        assert!(!as_nobody(&["touch", planted.to_str().expect("utf8")]));
+        assert!(!as_nobody(&[
+            "ln",
+            "-s",
+            "/etc/shadow",
+            planted.to_str().expect("utf8")
+        ]));
+        let moved = dir.join("moved");
+        assert!(!as_nobody(&[
+            "mv",
+            sock.to_str().expect("utf8"),
+            moved.to_str().expect("utf8")
+        ]));
+        assert!(!as_nobody(&["rm", "-f", sock.to_str().expect("utf8")]));
+        assert!(std::fs::symlink_metadata(&sock).is_ok(), "socket removed");
+        assert!(!planted.exists() && !moved.exists());
+    }
+}
+
+#[test]
 fn unknown_user_is_refused_before_anything_starts() {
     let dir = TempDir::new();
     let marker = dir.path().join("started");

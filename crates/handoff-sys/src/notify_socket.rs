@@ -17,27 +17,67 @@ use nix::sys::socket::{
 pub const MAX_DATAGRAM: usize = 4096;
 
 /// A private directory for notify sockets, removed (with its content) on drop.
+///
+/// It is owned by handoff's user and stays so, even when children run as another user
+/// (`--user`): mode 0711 then (they may only traverse it to reach their socket, whose name
+/// they are given; they cannot create, rename or remove anything in it), else 0700. A
+/// directory the children could write to would let one swap its socket for a symlink and
+/// redirect whatever handoff (maybe root) does to that path. Nothing in it is ever chmod-ed
+/// or chown-ed by path: sockets get their mode from the umask at bind().
 #[derive(Debug)]
 pub struct RuntimeDir {
     path: PathBuf,
 }
 
+fn notify_name(gen: u64) -> String {
+    format!("notify-{gen}.sock")
+}
+
 impl RuntimeDir {
-    /// `$XDG_RUNTIME_DIR/handoff.PID.N` or `/tmp/handoff.PID.N`, mode 0700.
+    /// `$RUNTIME_DIRECTORY/handoff.PID.N`, `$XDG_RUNTIME_DIR/handoff.PID.N` or
+    /// `/tmp/handoff.PID.N`, mode 0700, for children running as handoff's own user.
     pub fn create() -> io::Result<Self> {
+        Self::create_for(None)
+    }
+
+    /// Like [`RuntimeDir::create`]; `child_uid` is the uid children run as (`--user`): if it
+    /// is not handoff's, the directory is mode 0711 so they can reach their socket.
+    pub fn create_for(child_uid: Option<u32>) -> io::Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
         let base = std::env::var_os("RUNTIME_DIRECTORY")
             .or_else(|| std::env::var_os("XDG_RUNTIME_DIR"))
             .map(PathBuf::from)
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
+        // SAFETY: geteuid cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        let mode = if child_uid.is_some_and(|u| u != euid) {
+            0o711
+        } else {
+            0o700
+        };
         let pid = std::process::id();
         let mut last = None;
         for n in 0..100u32 {
             let path = base.join(format!("handoff.{pid}.{n}"));
-            match std::fs::create_dir(&path) {
+            // mkdir never follows a symlink planted at the name: that fails with EEXIST.
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
                 Ok(()) => {
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))?;
-                    return Ok(Self { path });
+                    let dir = Self { path };
+                    // The final mode is set on the directory opened without following links,
+                    // after checking it is the one we made (owned by us).
+                    let f = std::fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                        .open(&dir.path)?;
+                    if f.metadata()?.uid() != euid {
+                        return Err(io::Error::other(format!(
+                            "{} is not owned by handoff's user",
+                            dir.path.display()
+                        )));
+                    }
+                    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+                    return Ok(dir);
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
                 Err(e) => return Err(e),
@@ -49,15 +89,11 @@ impl RuntimeDir {
     pub fn path(&self) -> &Path {
         &self.path
     }
-
-    /// Give the directory to the uid/gid the children run as, so they can reach their socket.
-    pub fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
-        std::os::unix::fs::chown(&self.path, Some(uid), Some(gid))
-    }
 }
 
 impl Drop for RuntimeDir {
     fn drop(&mut self) {
+        // remove_dir_all does not follow symlinks; nobody but handoff can write here anyway.
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
@@ -88,7 +124,9 @@ impl NotifySocket {
     /// Bind `dir/notify-GEN.sock` (non-blocking, close-on-exec, SO_PASSCRED) before the child
     /// exists, so its first datagram cannot be lost.
     pub fn bind(dir: &RuntimeDir, gen: u64) -> io::Result<Self> {
-        let path = dir.path().join(format!("notify-{gen}.sock"));
+        let path = dir.path().join(notify_name(gen));
+        // A stale file of an earlier generation: unlink never follows a symlink, and only
+        // handoff can write in this directory.
         let _ = std::fs::remove_file(&path);
         let fd = socket(
             AddressFamily::Unix,
@@ -100,10 +138,11 @@ impl NotifySocket {
         // sends, and the sender could not be checked.
         setsockopt(&fd, sockopt::PassCred, &true)?;
         setsockopt(&fd, sockopt::RcvBuf, &(256 * 1024))?;
-        bind(fd.as_raw_fd(), &UnixAddr::new(&path)?)?;
-        // The directory is private; the socket itself must be writable by a child running
-        // as another user (--user). Senders are checked by credentials anyway.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+        let addr = UnixAddr::new(&path)?;
+        // A child running as another user (--user) must be able to write to the socket:
+        // mode 0666, given at birth through the umask. No chmod by path afterwards, which a
+        // swapped file could redirect. Senders are checked by their credentials anyway.
+        crate::with_umask(0o111, || bind(fd.as_raw_fd(), &addr))?;
         Ok(Self { fd, path })
     }
 
