@@ -29,6 +29,9 @@ pub struct RuntimeDir {
     path: PathBuf,
 }
 
+/// `sun_path`'s size: a socket path must fit in it with its terminating NUL.
+const SUN_PATH: usize = 108;
+
 fn notify_name(gen: u64) -> String {
     format!("notify-{gen}.sock")
 }
@@ -42,6 +45,9 @@ impl RuntimeDir {
 
     /// Like [`RuntimeDir::create`]; `child_uid` is the uid children run as (`--user`): if it
     /// is not handoff's, the directory is mode 0711 so they can reach their socket.
+    ///
+    /// Fails, before creating anything, if the path of the last possible notify socket
+    /// (generation `u64::MAX`) would not fit `sun_path`: better at start than at some reload.
     pub fn create_for(child_uid: Option<u32>) -> io::Result<Self> {
         use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
         let base = std::env::var_os("RUNTIME_DIRECTORY")
@@ -60,6 +66,17 @@ impl RuntimeDir {
         let mut last = None;
         for n in 0..100u32 {
             let path = base.join(format!("handoff.{pid}.{n}"));
+            let longest = path.join(notify_name(u64::MAX)).as_os_str().len();
+            if longest >= SUN_PATH {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "the runtime directory path {} is too long: notify socket paths in it would take up to {longest} bytes, and a unix socket path has at most {}; point RUNTIME_DIRECTORY or XDG_RUNTIME_DIR at a shorter directory",
+                        path.display(),
+                        SUN_PATH - 1
+                    ),
+                ));
+            }
             // mkdir never follows a symlink planted at the name: that fails with EEXIST.
             match std::fs::DirBuilder::new().mode(0o700).create(&path) {
                 Ok(()) => {
