@@ -342,9 +342,10 @@ fn setup_listeners(
             match matched {
                 Some(i) => out.0.push(from_manager(&mut inherited[i])?),
                 None => {
-                    let l = listeners::bind(spec, backlog).map_err(|e| e.to_string())?;
+                    let access = listeners::UnixAccess { mode, owner };
+                    let l =
+                        listeners::bind_with(spec, backlog, &access).map_err(|e| e.to_string())?;
                     out.0.push(l);
-                    listeners::set_unix_access(out.0.last().expect("pushed"), mode, owner)?;
                 }
             }
         }

@@ -93,3 +93,68 @@ fn connections_queue_while_no_child_accepts() {
     let v = get_json(addr, "/");
     assert_eq!(v["gen"], 1);
 }
+
+/// A unix listener with --socket-mode 0660 (and, if `owner`, --socket-owner nobody:nogroup)
+/// that generation 1 breaks with shutdown() on its way out: the socket handoff re-creates
+/// has the same mode and owner.
+fn restored_unix_listener_keeps_its_access(owner: bool) {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::MetadataExt;
+    let b = handoff();
+    let sock = b.dir().join("app.sock");
+    let args = b.dir().join("child.args");
+    std::fs::write(&args, "--shutdown-listener").expect("write");
+    let mut opts = vec!["--socket-mode", "0660"];
+    if owner {
+        opts.extend(["--socket-owner", "nobody:nogroup"]);
+    }
+    let h = b
+        .arg("--listen")
+        .arg(format!("unix:{}", sock.display()))
+        .args(opts)
+        .args(["--", "python3", &fixture(), "--args-file"])
+        .arg(&args)
+        .start();
+    h.ready(1);
+    let access = || {
+        let m = std::fs::symlink_metadata(&sock).expect("socket file");
+        if owner {
+            (m.mode() & 0o7777, Some((m.uid(), m.gid())))
+        } else {
+            (m.mode() & 0o7777, None)
+        }
+    };
+    let want = (0o660, owner.then_some((65534, 65534)));
+    assert_eq!(access(), want, "as bound");
+    std::fs::write(&args, "").expect("write");
+    h.reload(); // gen 2 ready → gen 1 shuts the listener down on its way out
+    h.wait("listener_restored", &[("gen", 1.into())]);
+    assert_eq!(access(), want, "the re-created socket file");
+    assert_eq!(
+        h.wait("reload_finished", &[("gen", 3.into())])["result"],
+        "ok"
+    );
+    let mut c = UnixStream::connect(&sock).expect("connect");
+    c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).expect("read");
+    assert!(resp.contains("\"gen\": 3"), "{resp}");
+}
+
+#[test]
+fn a_restored_unix_listener_keeps_its_socket_mode() {
+    restored_unix_listener_keeps_its_access(false);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_restored_unix_listener_keeps_its_socket_mode_and_owner() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test needs root: run it as root with --ignored"
+    );
+    restored_unix_listener_keeps_its_access(true);
+}
