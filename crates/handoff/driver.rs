@@ -381,6 +381,7 @@ impl Driver {
             env.push(("SERVER_STARTER_GENERATION".into(), gen.to_string().into()));
         }
         let fds: Vec<BorrowedFd<'_>> = self.listeners.iter().map(|l| l.as_fd()).collect();
+        handoff_sys::listeners::reassert_backlogs(&self.listeners); // undo a child's listen(fd, 2)
         let plan = spawn::SpawnPlan::prepare(
             &self.child.program,
             &self.child.argv,

@@ -158,3 +158,45 @@ fn a_restored_unix_listener_keeps_its_socket_mode_and_owner() {
     );
     restored_unix_listener_keeps_its_access(true);
 }
+
+/// The backlog of the TCP socket listening at `addr`: the Send-Q column `ss -ltn` shows for
+/// a listening socket is its sk_max_ack_backlog (the Recv-Q, its current accept queue).
+fn tcp_backlog(addr: std::net::SocketAddr) -> u32 {
+    let out = std::process::Command::new("ss")
+        .arg("-ltnH")
+        .output()
+        .expect("run ss (iproute2; bash .ci/setup installs it)");
+    assert!(out.status.success(), "ss -ltnH failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 4 && f[0] == "LISTEN" && f[3] == addr.to_string())
+                .then(|| f[2].parse().expect("Send-Q"))
+        })
+        .unwrap_or_else(|| panic!("{addr} not listening in ss -ltn:\n{text}"))
+}
+
+#[test]
+fn a_child_shrinking_the_backlog_does_not_shrink_it_for_the_next_generation() {
+    let b = handoff();
+    let args = b.dir().join("child.args");
+    std::fs::write(&args, "--shrink-backlog 2").expect("write");
+    let h = b
+        .args(["--listen", "127.0.0.1:0", "--backlog", "64"])
+        .args(["--", "python3", &fixture(), "--args-file"])
+        .arg(&args)
+        .start();
+    h.ready(1);
+    let addr = h.addr(0);
+    // Generation 1 called listen(3, 2) on the shared socket before READY=1.
+    assert_eq!(tcp_backlog(addr), 2);
+    std::fs::write(&args, "").expect("write");
+    h.reload();
+    h.ready(2);
+    assert_eq!(
+        tcp_backlog(addr),
+        64,
+        "generation 2 got the backlog generation 1 set"
+    );
+}

@@ -149,6 +149,29 @@ impl Listener {
         }
     }
 
+    /// Call listen() again with the backlog handoff bound this listener with. A child
+    /// sharing the socket may call listen(fd, 2) on it (some servers call listen() on the
+    /// socket they are given), which shrinks the accept queue for every later generation
+    /// too; handoff calls this before each spawn. A no-op for UDP, for a socket that no
+    /// longer listens (a broken one is for [`Listener::restore`]; listen() could revive it
+    /// half-way) and for sockets from the service manager (their backlog is the socket
+    /// unit's, unknown here).
+    pub fn reassert_backlog(&self) -> io::Result<()> {
+        let backlog = match &self.rebind {
+            Some(Rebind::Inet {
+                udp: false,
+                backlog,
+                ..
+            })
+            | Some(Rebind::Unix { backlog, .. }) => *backlog,
+            _ => return Ok(()),
+        };
+        if self.is_broken() {
+            return Ok(());
+        }
+        socket2::SockRef::from(&self.fd).listen(backlog)
+    }
+
     /// The address in Server::Starter's `SERVER_STARTER_PORT` form (`HOST:PORT` or a path).
     pub fn starter_addr(&self) -> Option<String> {
         match self.kind {
@@ -156,6 +179,15 @@ impl Listener {
             "unix" => self.local.strip_prefix("unix:").map(str::to_string),
             _ => None,
         }
+    }
+}
+
+/// [`Listener::reassert_backlog`] on each listener. An error can only come from a socket
+/// that no longer listens, which [`Listener::is_broken`] reports; there is nothing more to do
+/// about it here.
+pub fn reassert_backlogs(listeners: &[Listener]) {
+    for l in listeners {
+        let _ = l.reassert_backlog();
     }
 }
 

@@ -185,3 +185,21 @@ fn a_unix_listener_gets_its_owner_at_birth_and_again_when_restored() {
     l.restore().expect("restore");
     assert_eq!(owner(&sock), (65534, 65534, 0o660), "restored socket");
 }
+
+#[test]
+fn reassert_backlog_leaves_a_broken_listener_for_restore() {
+    // listen() on a TCP socket a child shut down would make it listen again, on a new
+    // ephemeral port: reassert_backlog must not, so that restore() re-creates it in place.
+    let mut l = listeners::bind(&spec("127.0.0.1:0"), 16).expect("bind");
+    let addr = inet(&l);
+    SockRef::from(&l)
+        .shutdown(std::net::Shutdown::Both)
+        .expect("shutdown");
+    l.reassert_backlog().expect("reassert");
+    assert!(l.is_broken(), "reassert_backlog revived a shut-down socket");
+    l.restore().expect("restore");
+    assert_eq!(inet(&l), addr);
+    l.reassert_backlog().expect("reassert");
+    assert!(!l.is_broken());
+    std::net::TcpStream::connect(addr).expect("connect");
+}
