@@ -14,7 +14,7 @@
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::linux::net::SocketAddrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{SocketAddr, UnixListener as StdListener, UnixStream as StdStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -143,14 +143,10 @@ pub fn bind_path(path: &Path) -> Result<(StdListener, SocketFile), String> {
         }
         Err(_) => {}
     }
-    // Mode 0600 from the start: no window in which another user could connect.
-    // SAFETY: umask is a plain syscall; handoff is single-threaded here.
-    let old = unsafe { libc::umask(0o177) };
-    let res = StdListener::bind(path);
-    // SAFETY: restores the previous mask.
-    unsafe { libc::umask(old) };
-    let l = res.map_err(|e| format!("cannot create control socket {}: {e}", path.display()))?;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    // Mode 0600 from the start: no window in which another user could connect, and no
+    // chmod by path afterwards (which would follow a symlink swapped in meanwhile).
+    let l = handoff_sys::with_umask(0o177, || StdListener::bind(path))
+        .map_err(|e| format!("cannot create control socket {}: {e}", path.display()))?;
     let ino = std::fs::symlink_metadata(path)
         .map(|m| m.ino())
         .unwrap_or(0);

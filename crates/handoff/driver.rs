@@ -356,6 +356,7 @@ impl Driver {
             .collect();
         let env = child_env::generation(&self.child.base_env, &names, gen, sock.path().as_os_str());
         let fds: Vec<BorrowedFd<'_>> = self.listeners.iter().map(|l| l.as_fd()).collect();
+        handoff_sys::listeners::reassert_backlogs(&self.listeners); // undo a child's listen(fd, 2)
         let plan = spawn::SpawnPlan::prepare(
             &self.child.program,
             &self.child.argv,

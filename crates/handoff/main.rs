@@ -263,18 +263,12 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
         // From here on, `listeners` removes its socket files if we return early.
         let guard = ListenerGuard(listeners);
         let control = setup_control(&cli).map_err(Error::Start)?;
-        let dir = RuntimeDir::create().map_err(|e| {
+        // Stays handoff's: mode 0711 if the children run as another user (see RuntimeDir).
+        let dir = RuntimeDir::create_for(creds.as_ref().map(|c| c.uid)).map_err(|e| {
             Error::Start(format!(
                 "cannot create a runtime directory for notify sockets: {e}"
             ))
         })?;
-        if let Some(c) = &creds {
-            dir.chown(c.uid, c.gid).map_err(|e| {
-                Error::Start(format!(
-                    "cannot hand the notify directory to the child's user: {e}"
-                ))
-            })?;
-        }
         let pid_file = match pid_file {
             Some(p) => Some(p.write().map_err(Error::Start)?),
             None => None,
@@ -353,9 +347,10 @@ fn setup_listeners(
             match matched {
                 Some(i) => out.0.push(from_manager(&mut inherited[i])?),
                 None => {
-                    let l = listeners::bind(spec, backlog).map_err(|e| e.to_string())?;
+                    let access = listeners::UnixAccess { mode, owner };
+                    let l =
+                        listeners::bind_with(spec, backlog, &access).map_err(|e| e.to_string())?;
                     out.0.push(l);
-                    listeners::set_unix_access(out.0.last().expect("pushed"), mode, owner)?;
                 }
             }
         }

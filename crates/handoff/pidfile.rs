@@ -42,7 +42,13 @@ impl PidFile {
     }
 
     /// Write our pid: to a temporary file in the same directory, then rename over.
+    ///
+    /// handoff may run as root in a directory others can write to. The temporary file is
+    /// created with `O_CREAT|O_EXCL|O_NOFOLLOW`: if its name already exists (a crash's
+    /// leftover, or a symlink planted to make root truncate another file), handoff stops
+    /// with an error instead of following or removing it. Its mode is set on the open fd.
     pub fn write(self) -> Result<Written, String> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let dir = self
             .path
             .parent()
@@ -54,11 +60,34 @@ impl PidFile {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        let res = std::fs::File::create(&tmp)
-            .and_then(|mut f| {
-                writeln!(f, "{}", std::process::id())?;
-                f.sync_all()
-            })
+        let mut f = match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(format!(
+                    "cannot write pid file {}: its temporary file {} already exists (remove it if no handoff is starting)",
+                    self.path.display(),
+                    tmp.display()
+                ))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot write pid file {}: cannot create {}: {e}",
+                    self.path.display(),
+                    tmp.display()
+                ))
+            }
+        };
+        // From here on the temporary file is ours: remove it on failure.
+        let res = f
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .and_then(|()| writeln!(f, "{}", std::process::id()))
+            .and_then(|()| f.sync_all())
             .and_then(|()| std::fs::rename(&tmp, &self.path));
         if let Err(e) = res {
             let _ = std::fs::remove_file(&tmp);

@@ -131,3 +131,33 @@ fn help_and_version_work() {
     let out = Command::new(BIN).arg("--version").output().expect("run");
     assert!(out.status.success());
 }
+
+#[test]
+fn a_runtime_directory_too_long_for_later_notify_sockets_is_refused_at_start() {
+    // Long enough for generation 1's notify socket (…/handoff.PID.N/notify-1.sock), too long
+    // for generation 18446744073709551615's: handoff must not fail only at some late reload.
+    let dir = TempDir::new();
+    let pad = 70usize
+        .checked_sub(dir.path().as_os_str().len() + 1)
+        .expect("temporary directory path too long for this test");
+    let base = dir.path().join("x".repeat(pad));
+    std::fs::create_dir(&base).expect("mkdir");
+    assert_eq!(base.as_os_str().len(), 70);
+    let marker = dir.path().join("started");
+    let out = Command::new(BIN)
+        .env("RUNTIME_DIRECTORY", &base)
+        .env("XDG_RUNTIME_DIR", &base)
+        .args(["--restart", "never", "--control", "none", "--"])
+        .args(["touch", marker.to_str().expect("utf8")])
+        .output()
+        .expect("run handoff");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!marker.exists(), "the child was started: {err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    one_line(&err, "too long");
+    one_line(&err, base.to_str().expect("utf8"));
+    assert!(
+        std::fs::read_dir(&base).expect("read").next().is_none(),
+        "a runtime directory was left behind"
+    );
+}

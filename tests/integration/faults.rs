@@ -241,3 +241,29 @@ fn a_notify_flood_during_a_reload_and_a_stop_starves_nothing_and_grows_nothing()
         "{logged} log lines for {total} rejected datagrams"
     );
 }
+
+#[test]
+fn fds_sent_with_notify_datagrams_never_accumulate_in_handoff() {
+    let h = fixture_with_args_file(&[]);
+    h.ready(1);
+    let fds0 = fds(h.pid).len();
+    // Generation 2 sends FDSTORE=1 with 17 fds (one more than handoff once had room for, which
+    // leaked the 16 that arrived), 70 times, before READY=1 (it exits 4 if it cannot).
+    std::fs::write(h.args_file(), "--fdstore-flood 70 --fdstore-fds 17").expect("write");
+    for gen in [2u64, 3] {
+        h.reload();
+        // READY=1 follows the 70 datagrams on the same socket: handoff has received them all.
+        assert_eq!(
+            h.wait("reload_finished", &[("gen", gen.into())])["result"],
+            "ok",
+            "log:\n{}",
+            h.raw_log()
+        );
+        h.wait("drained", &[("gen", (gen - 1).into())]); // one generation, as for fds0
+        let n = fds(h.pid).len();
+        assert_eq!(
+            n, fds0,
+            "handoff had {fds0} fds before, {n} after generation {gen} sent 70 x 17 fds"
+        );
+    }
+}

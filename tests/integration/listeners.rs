@@ -93,3 +93,110 @@ fn connections_queue_while_no_child_accepts() {
     let v = get_json(addr, "/");
     assert_eq!(v["gen"], 1);
 }
+
+/// A unix listener with --socket-mode 0660 (and, if `owner`, --socket-owner nobody:nogroup)
+/// that generation 1 breaks with shutdown() on its way out: the socket handoff re-creates
+/// has the same mode and owner.
+fn restored_unix_listener_keeps_its_access(owner: bool) {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::MetadataExt;
+    let b = handoff();
+    let sock = b.dir().join("app.sock");
+    let args = b.dir().join("child.args");
+    std::fs::write(&args, "--shutdown-listener").expect("write");
+    let mut opts = vec!["--socket-mode", "0660"];
+    if owner {
+        opts.extend(["--socket-owner", "nobody:nogroup"]);
+    }
+    let h = b
+        .arg("--listen")
+        .arg(format!("unix:{}", sock.display()))
+        .args(opts)
+        .args(["--", "python3", &fixture(), "--args-file"])
+        .arg(&args)
+        .start();
+    h.ready(1);
+    let access = || {
+        let m = std::fs::symlink_metadata(&sock).expect("socket file");
+        if owner {
+            (m.mode() & 0o7777, Some((m.uid(), m.gid())))
+        } else {
+            (m.mode() & 0o7777, None)
+        }
+    };
+    let want = (0o660, owner.then_some((65534, 65534)));
+    assert_eq!(access(), want, "as bound");
+    std::fs::write(&args, "").expect("write");
+    h.reload(); // gen 2 ready → gen 1 shuts the listener down on its way out
+    h.wait("listener_restored", &[("gen", 1.into())]);
+    assert_eq!(access(), want, "the re-created socket file");
+    assert_eq!(
+        h.wait("reload_finished", &[("gen", 3.into())])["result"],
+        "ok"
+    );
+    let mut c = UnixStream::connect(&sock).expect("connect");
+    c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).expect("read");
+    assert!(resp.contains("\"gen\": 3"), "{resp}");
+}
+
+#[test]
+fn a_restored_unix_listener_keeps_its_socket_mode() {
+    restored_unix_listener_keeps_its_access(false);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_restored_unix_listener_keeps_its_socket_mode_and_owner() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test needs root: run it as root with --ignored"
+    );
+    restored_unix_listener_keeps_its_access(true);
+}
+
+/// The backlog of the TCP socket listening at `addr`: the Send-Q column `ss -ltn` shows for
+/// a listening socket is its sk_max_ack_backlog (the Recv-Q, its current accept queue).
+fn tcp_backlog(addr: std::net::SocketAddr) -> u32 {
+    let out = std::process::Command::new("ss")
+        .arg("-ltnH")
+        .output()
+        .expect("run ss (iproute2; bash .ci/setup installs it)");
+    assert!(out.status.success(), "ss -ltnH failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 4 && f[0] == "LISTEN" && f[3] == addr.to_string())
+                .then(|| f[2].parse().expect("Send-Q"))
+        })
+        .unwrap_or_else(|| panic!("{addr} not listening in ss -ltn:\n{text}"))
+}
+
+#[test]
+fn a_child_shrinking_the_backlog_does_not_shrink_it_for_the_next_generation() {
+    let b = handoff();
+    let args = b.dir().join("child.args");
+    std::fs::write(&args, "--shrink-backlog 2").expect("write");
+    let h = b
+        .args(["--listen", "127.0.0.1:0", "--backlog", "64"])
+        .args(["--", "python3", &fixture(), "--args-file"])
+        .arg(&args)
+        .start();
+    h.ready(1);
+    let addr = h.addr(0);
+    // Generation 1 called listen(3, 2) on the shared socket before READY=1.
+    assert_eq!(tcp_backlog(addr), 2);
+    std::fs::write(&args, "").expect("write");
+    h.reload();
+    h.ready(2);
+    assert_eq!(
+        tcp_backlog(addr),
+        64,
+        "generation 2 got the backlog generation 1 set"
+    );
+}

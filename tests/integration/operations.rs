@@ -218,6 +218,10 @@ fn pid_file_is_written_refuses_a_second_start_and_is_removed() {
         std::fs::read_to_string(&pidf).expect("pid file").trim(),
         h.pid.to_string()
     );
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(&pidf).expect("pid file");
+    assert!(meta.is_file());
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
     let marker = h.dir.path().join("second-started");
     let out = Command::new(BIN)
         .args(["--listen", "127.0.0.1:0", "--control", "none", "--pid-file"])
@@ -233,6 +237,45 @@ fn pid_file_is_written_refuses_a_second_start_and_is_removed() {
     h.signal(libc::SIGTERM);
     assert_eq!(h.wait_exit(WAIT), 0);
     assert!(!pidf.exists(), "pid file removed at exit");
+}
+
+#[test]
+fn a_symlink_planted_at_the_pid_files_temporary_name_is_never_followed() {
+    // handoff writes PIDFILE via DIR/.NAME.PID.tmp. Someone who can write in DIR plants that
+    // name as a symlink to a file of root's: root must not truncate (or write) it. The pid is
+    // known in advance because the shell execs handoff.
+    let dir = TempDir::new();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious\n").expect("write victim");
+    let pidf = dir.path().join("app.pid");
+    let marker = dir.path().join("child-started");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(r#"v=$1 d=$2; shift 2; ln -s "$v" "$d/.app.pid.$$.tmp" && exec "$@""#)
+        .arg("sh")
+        .arg(&victim)
+        .arg(dir.path())
+        .arg(BIN)
+        .args(["--restart", "never", "--control", "none", "--pid-file"])
+        .arg(&pidf)
+        .args(["--", "touch"])
+        .arg(&marker)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "precious\n",
+        "the symlink's target was written; stderr: {err}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cannot write pid file") && err.contains("already exists"),
+        "{err}"
+    );
+    assert!(!pidf.exists(), "a pid file was written");
+    assert!(!marker.exists(), "the child was started");
 }
 
 #[test]
@@ -438,6 +481,77 @@ fn child_runs_as_the_requested_user_with_its_groups() {
     // handoff itself is still root, and so could bind privileged ports.
     assert!(status_field(h.pid, "Uid").starts_with('0'));
     assert_eq!(get_json(h.addr(0), "/")["pid"], pid);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn the_notify_directory_stays_handoffs_and_a_child_of_another_user_cannot_change_it() {
+    assert!(
+        is_root(),
+        "this test needs root: run it as root with --ignored"
+    );
+    let b = handoff();
+    let base = b.dir().join("run");
+    std::fs::create_dir(&base).expect("mkdir");
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let h = b
+        .env("RUNTIME_DIRECTORY", base.to_str().expect("utf8"))
+        .args(["--listen", "127.0.0.1:0", "--user", "nobody", "--"])
+        .args(["/usr/bin/python3", &fixture()])
+        .start();
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run setpriv")
+            .success()
+    };
+    for gen in [1u64, 2] {
+        if gen == 2 {
+            h.reload();
+        }
+        // READY=1 arrived: the child, as nobody, could reach its notify socket.
+        let pid = h.ready(gen);
+        let sock = environ(pid)
+            .get("NOTIFY_SOCKET")
+            .cloned()
+            .expect("NOTIFY_SOCKET");
+        let sock = std::path::PathBuf::from(sock);
+        let dir = sock.parent().expect("parent");
+        assert_eq!(dir.parent(), Some(base.as_path()));
+        let d = std::fs::symlink_metadata(dir).expect("dir");
+        assert!(d.is_dir());
+        assert_eq!(
+            (d.uid(), d.mode() & 0o7777),
+            (0, 0o711),
+            "notify directory owner and mode"
+        );
+        let s = std::fs::symlink_metadata(&sock).expect("socket");
+        assert!(s.file_type().is_socket());
+        assert_eq!((s.uid(), s.mode() & 0o7777), (0, 0o666), "socket");
+        // The child's user can only traverse the directory: it cannot swap its socket for a
+        // symlink, nor plant, rename or remove anything there.
+        let planted = dir.join("planted");
+        assert!(!as_nobody(&["touch", planted.to_str().expect("utf8")]));
+        assert!(!as_nobody(&[
+            "ln",
+            "-s",
+            "/etc/shadow",
+            planted.to_str().expect("utf8")
+        ]));
+        let moved = dir.join("moved");
+        assert!(!as_nobody(&[
+            "mv",
+            sock.to_str().expect("utf8"),
+            moved.to_str().expect("utf8")
+        ]));
+        assert!(!as_nobody(&["rm", "-f", sock.to_str().expect("utf8")]));
+        assert!(std::fs::symlink_metadata(&sock).is_ok(), "socket removed");
+        assert!(!planted.exists() && !moved.exists());
+    }
 }
 
 #[test]

@@ -33,3 +33,25 @@ pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
 }
+
+/// Run `f` with the process umask set to `mask`, and restore the old one afterwards (also if
+/// `f` panics). This is how handoff gives a socket file its mode from birth: bind() creates
+/// the file with `0777 & !umask`, and a chmod by path afterwards could be redirected by
+/// whoever can swap the file for a symlink in between.
+///
+/// The umask belongs to the whole process: a lock keeps the callers in handoff-sys apart
+/// (tests run them in parallel threads); handoff itself creates files from one thread.
+pub fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    struct Restore(libc::mode_t);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: umask cannot fail.
+            unsafe { libc::umask(self.0) };
+        }
+    }
+    let _lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: umask cannot fail.
+    let _restore = Restore(unsafe { libc::umask((mask & 0o777) as libc::mode_t) });
+    f()
+}

@@ -45,7 +45,19 @@ enum Rebind {
     Unix {
         path: PathBuf,
         backlog: i32,
+        access: UnixAccess,
     },
+}
+
+/// `--socket-mode` and `--socket-owner`: the permissions and owner of a unix socket file
+/// handoff creates. Kept with the listener, so that a re-created socket gets them too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnixAccess {
+    /// Permission bits (`0o660`); `None` leaves them to the umask. Only the 0777 bits apply:
+    /// setuid, setgid and sticky mean nothing on a socket.
+    pub mode: Option<u32>,
+    /// Owner and group; `None` (or a `None` half) leaves it as created.
+    pub owner: Option<(Option<u32>, Option<u32>)>,
 }
 
 impl Listener {
@@ -119,15 +131,45 @@ impl Listener {
                 self.fd = open_inet(addr, v6only, udp, backlog)?.into();
                 Ok(())
             }
-            Some(Rebind::Unix { path, backlog }) => {
-                // The old socket refuses connections; its file may be removed and re-bound.
-                let _ = std::fs::remove_file(&path);
-                let (sock, file) = bind_unix(&path, backlog).map_err(io::Error::other)?;
+            Some(Rebind::Unix {
+                path,
+                backlog,
+                access,
+            }) => {
+                // The old socket refuses connections; its file may be removed (if it is still
+                // the one handoff created) and re-bound, with the same mode and owner.
+                if let Some(f) = &self.unix_file {
+                    f.remove();
+                }
+                let (sock, file) = bind_unix(&path, backlog, &access).map_err(io::Error::other)?;
                 self.fd = sock.into();
                 self.unix_file = Some(file);
                 Ok(())
             }
         }
+    }
+
+    /// Call listen() again with the backlog handoff bound this listener with. A child
+    /// sharing the socket may call listen(fd, 2) on it (some servers call listen() on the
+    /// socket they are given), which shrinks the accept queue for every later generation
+    /// too; handoff calls this before each spawn. A no-op for UDP, for a socket that no
+    /// longer listens (a broken one is for [`Listener::restore`]; listen() could revive it
+    /// half-way) and for sockets from the service manager (their backlog is the socket
+    /// unit's, unknown here).
+    pub fn reassert_backlog(&self) -> io::Result<()> {
+        let backlog = match &self.rebind {
+            Some(Rebind::Inet {
+                udp: false,
+                backlog,
+                ..
+            })
+            | Some(Rebind::Unix { backlog, .. }) => *backlog,
+            _ => return Ok(()),
+        };
+        if self.is_broken() {
+            return Ok(());
+        }
+        socket2::SockRef::from(&self.fd).listen(backlog)
     }
 
     /// The address in Server::Starter's `SERVER_STARTER_PORT` form (`HOST:PORT` or a path).
@@ -137,6 +179,15 @@ impl Listener {
             "unix" => self.local.strip_prefix("unix:").map(str::to_string),
             _ => None,
         }
+    }
+}
+
+/// [`Listener::reassert_backlog`] on each listener. An error can only come from a socket
+/// that no longer listens, which [`Listener::is_broken`] reports; there is nothing more to do
+/// about it here.
+pub fn reassert_backlogs(listeners: &[Listener]) {
+    for l in listeners {
+        let _ = l.reassert_backlog();
     }
 }
 
@@ -176,23 +227,55 @@ pub fn take_inherited() -> Vec<(OwnedFd, String)> {
         .collect()
 }
 
-/// Apply `--socket-mode` and `--socket-owner` to a unix socket file handoff created.
+/// Apply `--socket-mode` and `--socket-owner` to the unix socket file of a listener that is
+/// already bound. [`bind_with`] is better: it gives the file its mode at birth, and a socket
+/// re-created by [`Listener::restore`] gets the same access again; this one is for callers
+/// that bound with [`bind`].
+///
+/// Never follows a path someone could have changed: the file is opened `O_PATH|O_NOFOLLOW`
+/// and must still be the socket handoff created (same device and inode), and the mode and
+/// owner are changed through that fd. A symlink swapped in at the path is refused, so a
+/// root handoff cannot be made to chmod or chown another file.
 pub fn set_unix_access(
     l: &Listener,
     mode: Option<u32>,
     owner: Option<(Option<u32>, Option<u32>)>,
 ) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
     let Some(f) = &l.unix_file else { return Ok(()) };
+    let fd = f
+        .open_nofollow()
+        .map_err(|e| format!("cannot set the access of {}: {e}", f.path.display()))?;
     if let Some(m) = mode {
-        std::fs::set_permissions(&f.path, std::fs::Permissions::from_mode(m))
+        // fchmod() does not work on an O_PATH fd; /proc/self/fd/N names the very inode.
+        let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+        std::fs::set_permissions(&proc, std::os::unix::fs::PermissionsExt::from_mode(m))
             .map_err(|e| format!("cannot set the mode of {}: {e}", f.path.display()))?;
     }
     if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(&f.path, uid, gid)
+        fchown_empty_path(&fd, uid, gid)
             .map_err(|e| format!("cannot set the owner of {}: {e}", f.path.display()))?;
     }
     Ok(())
+}
+
+/// `fchownat(fd, "", uid, gid, AT_EMPTY_PATH)`: chown the file `fd` refers to (also an
+/// `O_PATH` fd), without resolving any path.
+fn fchown_empty_path(fd: &OwnedFd, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    // SAFETY: a valid fd and a NUL-terminated empty path; -1 ((uid_t)-1) leaves an id as is.
+    let r = unsafe {
+        libc::fchownat(
+            std::os::fd::AsRawFd::as_raw_fd(fd),
+            c"".as_ptr(),
+            uid.unwrap_or(u32::MAX),
+            gid.unwrap_or(u32::MAX),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// A socket file handoff created; removed at exit only if it is still the same file.
@@ -204,7 +287,43 @@ pub struct UnixFile {
 }
 
 impl UnixFile {
+    /// The file at `path`, opened `O_PATH|O_NOFOLLOW`, if it is still the socket handoff
+    /// created (a socket with the same device and inode); an error otherwise.
+    fn open_nofollow(&self) -> io::Result<OwnedFd> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(self.path.as_os_str().as_bytes())?;
+        // SAFETY: a NUL-terminated path; the fd returned is ours.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: just opened, owned by nobody else.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // SAFETY: an all-zero stat is a valid out-buffer.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat on our fd (O_PATH fds allow it) into a valid buffer.
+        if unsafe { libc::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK
+            || st.st_dev != self.dev
+            || st.st_ino != self.ino
+        {
+            return Err(io::Error::other(
+                "the path is no longer the socket handoff created (replaced meanwhile)",
+            ));
+        }
+        Ok(fd)
+    }
+
     /// Remove the file if it is still the socket handoff created (not a successor's).
+    /// unlink() never follows a symlink: at worst, a name someone swapped in meanwhile in
+    /// that directory (who could remove it as well) is removed.
     pub fn remove(&self) {
         if let Ok(m) = std::fs::symlink_metadata(&self.path) {
             if m.dev() == self.dev && m.ino() == self.ino {
@@ -261,8 +380,19 @@ pub fn somaxconn() -> i32 {
         .unwrap_or(4096)
 }
 
-/// Bind and listen on `spec`. `backlog` is capped by the caller at somaxconn.
+/// Bind and listen on `spec`. `backlog` is capped by the caller at somaxconn. A unix socket
+/// file gets the umask's mode and handoff's owner; see [`bind_with`].
 pub fn bind(spec: &ListenSpec, backlog: i32) -> Result<Listener, BindError> {
+    bind_with(spec, backlog, &UnixAccess::default())
+}
+
+/// [`bind`], giving a unix socket file `access` (`--socket-mode`, `--socket-owner`), also
+/// whenever [`Listener::restore`] re-creates it. Ignored for TCP and UDP.
+pub fn bind_with(
+    spec: &ListenSpec,
+    backlog: i32,
+    access: &UnixAccess,
+) -> Result<Listener, BindError> {
     let shown = spec.addr.to_string();
     let err = |e: io::Error, port: Option<u16>| BindError {
         addr: shown.clone(),
@@ -291,7 +421,7 @@ pub fn bind(spec: &ListenSpec, backlog: i32) -> Result<Listener, BindError> {
             })
         }
         ListenAddr::Unix(path) => {
-            let (sock, file) = bind_unix(path, backlog).map_err(|e| BindError {
+            let (sock, file) = bind_unix(path, backlog, access).map_err(|e| BindError {
                 addr: shown.clone(),
                 cause: e,
             })?;
@@ -304,6 +434,7 @@ pub fn bind(spec: &ListenSpec, backlog: i32) -> Result<Listener, BindError> {
                 rebind: Some(Rebind::Unix {
                     path: path.clone(),
                     backlog,
+                    access: *access,
                 }),
                 fd: sock.into(),
             })
@@ -348,7 +479,19 @@ fn resolve(a: &TcpAddr) -> io::Result<Vec<(SocketAddr, Option<bool>)>> {
 }
 
 /// A socket bound (and, for TCP, listening) at exactly `addr`, with handoff's options:
-/// SO_REUSEADDR, IPV6_V6ONLY as given, close-on-exec (socket2's default), no SO_REUSEPORT.
+/// SO_REUSEADDR for TCP only, IPV6_V6ONLY as given, close-on-exec (socket2's default), and
+/// never SO_REUSEPORT.
+///
+/// No stranger may share the address (tests/listeners.rs checks each claim):
+/// - UDP: SO_REUSEADDR on two UDP sockets lets both bind the same address, whatever their
+///   owners, and the kernel then hands datagrams to either: another local user could read
+///   them. So a UDP listener is bound without it, and any later bind there fails.
+/// - TCP: Linux never lets a socket bind a port on which another socket is in LISTEN state,
+///   SO_REUSEADDR or not, same user or not (checked on 6.x as root and as nobody, against
+///   127.0.0.1, 0.0.0.0 and a dual-stack [::]). SO_REUSEADDR only lets handoff bind while
+///   connections of a previous run sit in TIME_WAIT, so it is kept.
+/// - SO_REUSEPORT would let any process of the same user join the port and take a share of
+///   the connections: never set.
 fn open_inet(
     addr: SocketAddr,
     v6only: Option<bool>,
@@ -357,7 +500,9 @@ fn open_inet(
 ) -> io::Result<Socket> {
     let ty = if udp { Type::DGRAM } else { Type::STREAM };
     let sock = Socket::new(Domain::for_address(addr), ty, None)?;
-    sock.set_reuse_address(true)?;
+    if !udp {
+        sock.set_reuse_address(true)?;
+    }
     if let Some(only) = v6only {
         sock.set_only_v6(only)?;
     }
@@ -391,7 +536,19 @@ fn bind_inet(a: &TcpAddr, udp: bool, backlog: i32) -> io::Result<(Socket, String
     Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT)))
 }
 
-fn bind_unix(path: &Path, backlog: i32) -> Result<(Socket, UnixFile), String> {
+/// Bind a unix stream socket at `path` and listen, with `access`.
+///
+/// handoff may be root and the directory writable by others (the children's user), so no
+/// step follows a path they could swap:
+/// - a stale socket file is removed with unlink(), which never follows a symlink (the
+///   connect() that tells stale from live only talks to a socket);
+/// - the mode comes from the umask around bind(): the file is born with it;
+/// - the owner is set through an `O_PATH|O_NOFOLLOW` fd of the file, checked to be the
+///   socket just bound (a socket, same device and inode as right after bind), before
+///   listen(): until then connecting is refused. What is left: someone able to write the
+///   directory could swap in another socket between bind() and that check; root would then
+///   chown that socket file (with fs.protected_hardlinks, only one of theirs).
+fn bind_unix(path: &Path, backlog: i32, access: &UnixAccess) -> Result<(Socket, UnixFile), String> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if !m.file_type().is_socket() => {
             return Err(
@@ -417,13 +574,26 @@ fn bind_unix(path: &Path, backlog: i32) -> Result<(Socket, UnixFile), String> {
     }
     let sock = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(|e| e.to_string())?;
     let addr = SockAddr::unix(path).map_err(|e| e.to_string())?;
-    sock.bind(&addr).map_err(|e| explain(&e, None))?;
+    match access.mode {
+        Some(m) => crate::with_umask(!m & 0o777, || sock.bind(&addr)),
+        None => sock.bind(&addr),
+    }
+    .map_err(|e| explain(&e, None))?;
     let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
     let file = UnixFile {
         path: path.to_path_buf(),
         dev: meta.dev(),
         ino: meta.ino(),
     };
+    if let Some((uid, gid)) = access.owner {
+        if let Err(e) = file
+            .open_nofollow()
+            .and_then(|fd| fchown_empty_path(&fd, uid, gid))
+        {
+            file.remove();
+            return Err(format!("cannot set the owner of the socket file: {e}"));
+        }
+    }
     if let Err(e) = sock.listen(backlog) {
         file.remove();
         return Err(explain(&e, None));

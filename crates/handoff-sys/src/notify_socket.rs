@@ -4,41 +4,97 @@
 //! A *path* socket rather than an abstract one: several sd_notify implementations in the wild
 //! do not understand `@` addresses. The socket lives in a private directory of handoff's.
 
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{
-    bind, recvmsg, setsockopt, socket, sockopt, AddressFamily, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType, UnixAddr,
+    bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, UnixAddr,
 };
 
 /// Largest datagram accepted (systemd's NOTIFY_BUFFER_MAX); longer ones are dropped whole.
 pub const MAX_DATAGRAM: usize = 4096;
 
 /// A private directory for notify sockets, removed (with its content) on drop.
+///
+/// It is owned by handoff's user and stays so, even when children run as another user
+/// (`--user`): mode 0711 then (they may only traverse it to reach their socket, whose name
+/// they are given; they cannot create, rename or remove anything in it), else 0700. A
+/// directory the children could write to would let one swap its socket for a symlink and
+/// redirect whatever handoff (maybe root) does to that path. Nothing in it is ever chmod-ed
+/// or chown-ed by path: sockets get their mode from the umask at bind().
 #[derive(Debug)]
 pub struct RuntimeDir {
     path: PathBuf,
 }
 
+/// `sun_path`'s size: a socket path must fit in it with its terminating NUL.
+const SUN_PATH: usize = 108;
+
+fn notify_name(gen: u64) -> String {
+    format!("notify-{gen}.sock")
+}
+
 impl RuntimeDir {
-    /// `$XDG_RUNTIME_DIR/handoff.PID.N` or `/tmp/handoff.PID.N`, mode 0700.
+    /// `$RUNTIME_DIRECTORY/handoff.PID.N`, `$XDG_RUNTIME_DIR/handoff.PID.N` or
+    /// `/tmp/handoff.PID.N`, mode 0700, for children running as handoff's own user.
     pub fn create() -> io::Result<Self> {
+        Self::create_for(None)
+    }
+
+    /// Like [`RuntimeDir::create`]; `child_uid` is the uid children run as (`--user`): if it
+    /// is not handoff's, the directory is mode 0711 so they can reach their socket.
+    ///
+    /// Fails, before creating anything, if the path of the last possible notify socket
+    /// (generation `u64::MAX`) would not fit `sun_path`: better at start than at some reload.
+    pub fn create_for(child_uid: Option<u32>) -> io::Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
         let base = std::env::var_os("RUNTIME_DIRECTORY")
             .or_else(|| std::env::var_os("XDG_RUNTIME_DIR"))
             .map(PathBuf::from)
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
+        // SAFETY: geteuid cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        let mode = if child_uid.is_some_and(|u| u != euid) {
+            0o711
+        } else {
+            0o700
+        };
         let pid = std::process::id();
         let mut last = None;
         for n in 0..100u32 {
             let path = base.join(format!("handoff.{pid}.{n}"));
-            match std::fs::create_dir(&path) {
+            let longest = path.join(notify_name(u64::MAX)).as_os_str().len();
+            if longest >= SUN_PATH {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "the runtime directory path {} is too long: notify socket paths in it would take up to {longest} bytes, and a unix socket path has at most {}; point RUNTIME_DIRECTORY or XDG_RUNTIME_DIR at a shorter directory",
+                        path.display(),
+                        SUN_PATH - 1
+                    ),
+                ));
+            }
+            // mkdir never follows a symlink planted at the name: that fails with EEXIST.
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
                 Ok(()) => {
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))?;
-                    return Ok(Self { path });
+                    let dir = Self { path };
+                    // The final mode is set on the directory opened without following links,
+                    // after checking it is the one we made (owned by us).
+                    let f = std::fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                        .open(&dir.path)?;
+                    if f.metadata()?.uid() != euid {
+                        return Err(io::Error::other(format!(
+                            "{} is not owned by handoff's user",
+                            dir.path.display()
+                        )));
+                    }
+                    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+                    return Ok(dir);
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
                 Err(e) => return Err(e),
@@ -50,15 +106,11 @@ impl RuntimeDir {
     pub fn path(&self) -> &Path {
         &self.path
     }
-
-    /// Give the directory to the uid/gid the children run as, so they can reach their socket.
-    pub fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
-        std::os::unix::fs::chown(&self.path, Some(uid), Some(gid))
-    }
 }
 
 impl Drop for RuntimeDir {
     fn drop(&mut self) {
+        // remove_dir_all does not follow symlinks; nobody but handoff can write here anyway.
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
@@ -89,7 +141,9 @@ impl NotifySocket {
     /// Bind `dir/notify-GEN.sock` (non-blocking, close-on-exec, SO_PASSCRED) before the child
     /// exists, so its first datagram cannot be lost.
     pub fn bind(dir: &RuntimeDir, gen: u64) -> io::Result<Self> {
-        let path = dir.path().join(format!("notify-{gen}.sock"));
+        let path = dir.path().join(notify_name(gen));
+        // A stale file of an earlier generation: unlink never follows a symlink, and only
+        // handoff can write in this directory.
         let _ = std::fs::remove_file(&path);
         let fd = socket(
             AddressFamily::Unix,
@@ -101,10 +155,11 @@ impl NotifySocket {
         // sends, and the sender could not be checked.
         setsockopt(&fd, sockopt::PassCred, &true)?;
         setsockopt(&fd, sockopt::RcvBuf, &(256 * 1024))?;
-        bind(fd.as_raw_fd(), &UnixAddr::new(&path)?)?;
-        // The directory is private; the socket itself must be writable by a child running
-        // as another user (--user). Senders are checked by credentials anyway.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+        let addr = UnixAddr::new(&path)?;
+        // A child running as another user (--user) must be able to write to the socket:
+        // mode 0666, given at birth through the umask. No chmod by path afterwards, which a
+        // swapped file could redirect. Senders are checked by their credentials anyway.
+        crate::with_umask(0o111, || bind(fd.as_raw_fd(), &addr))?;
         Ok(Self { fd, path })
     }
 
@@ -138,44 +193,99 @@ impl Drop for NotifySocket {
 }
 
 fn recv_one(fd: RawFd) -> io::Result<Received> {
+    recv_with_room(fd, MAX_FDS)
+}
+
+/// Most fds one datagram can carry: the kernel's `SCM_MAX_FD` (a `sendmsg` with more fails
+/// with EINVAL, whether in one `SCM_RIGHTS` message or several).
+pub const MAX_FDS: usize = 253;
+
+/// Control buffer for the sender's credentials and [`MAX_FDS`] fds, as `u64`s for the
+/// alignment `cmsghdr` needs.
+const CMSG_WORDS: usize = {
+    // SAFETY: CMSG_SPACE is pure arithmetic.
+    let bytes = unsafe {
+        libc::CMSG_SPACE(std::mem::size_of::<libc::ucred>() as u32)
+            + libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32)
+    } as usize;
+    bytes.div_ceil(8)
+};
+
+/// Receive one datagram, with room in the control buffer for `max_fds` fds (at most
+/// [`MAX_FDS`]; less only in tests, to exercise truncation).
+///
+/// Every fd that arrives is closed, on every path: handoff keeps no fd store, and
+/// sd_notify_barrier() waits for exactly this close. Fds that did not fit (MSG_CTRUNC) were
+/// never installed: the kernel drops them itself. The control data is walked with the libc
+/// macros even when truncated (nix refuses to iterate it then, which used to leak every fd
+/// that did arrive: a child sending 17 fds 70 times exhausted handoff's fd limit).
+fn recv_with_room(fd: RawFd, max_fds: usize) -> io::Result<Received> {
     let mut buf = [0u8; MAX_DATAGRAM];
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    // Room for credentials and a few fds; more fds than that truncate the control data,
-    // which makes the datagram invalid (and the kernel closes what did not fit).
-    let mut cmsg = nix::cmsg_space!(libc::ucred, [RawFd; 16]);
-    let msg = match recvmsg::<()>(
-        fd,
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_TRUNC,
-    ) {
-        Ok(m) => m,
-        Err(nix::errno::Errno::EAGAIN) => return Ok(Received::Empty),
-        Err(nix::errno::Errno::EINTR) => return Ok(Received::Invalid("interrupted")),
-        Err(e) => return Err(e.into()),
+    let mut cbuf = [0u64; CMSG_WORDS];
+    // SAFETY: pure arithmetic.
+    let room = unsafe {
+        libc::CMSG_SPACE(std::mem::size_of::<libc::ucred>() as u32)
+            + libc::CMSG_SPACE((max_fds.min(MAX_FDS) * std::mem::size_of::<RawFd>()) as u32)
+    } as usize;
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
     };
+    // SAFETY: an all-zero msghdr is valid (no name, no iov, no control).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = room.min(std::mem::size_of_val(&cbuf)) as _;
+    // SAFETY: msg points at live buffers of the stated lengths for the whole call.
+    let n = unsafe {
+        libc::recvmsg(
+            fd,
+            &mut msg,
+            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC | libc::MSG_TRUNC,
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN) => Ok(Received::Empty),
+            Some(libc::EINTR) => Ok(Received::Invalid("interrupted")),
+            _ => Err(e),
+        };
+    }
+    // First close every fd that arrived, before anything can return.
     let mut creds = None;
-    if let Ok(cmsgs) = msg.cmsgs() {
-        for c in cmsgs {
-            match c {
-                ControlMessageOwned::ScmCredentials(u) => creds = Some((u.pid(), u.uid())),
-                ControlMessageOwned::ScmRights(fds) => {
-                    // Close every fd: handoff keeps no fd store, and sd_notify_barrier()
-                    // waits for exactly this close.
-                    for f in fds {
-                        // SAFETY: the kernel just gave us these fds; nobody else owns them.
-                        unsafe { libc::close(f) };
+    // SAFETY: msg describes cbuf, filled by the kernel up to msg_controllen; the macros
+    // stay within it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            let data = libc::CMSG_DATA(c);
+            let len = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+            match ((*c).cmsg_level, (*c).cmsg_type) {
+                (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
+                    for i in 0..len / std::mem::size_of::<RawFd>() {
+                        let f = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                        // The kernel just installed these fds for us; nobody else owns them.
+                        libc::close(f);
                     }
+                }
+                (libc::SOL_SOCKET, libc::SCM_CREDENTIALS)
+                    if len >= std::mem::size_of::<libc::ucred>() =>
+                {
+                    let u = std::ptr::read_unaligned(data.cast::<libc::ucred>());
+                    creds = Some((u.pid, u.uid));
                 }
                 _ => {}
             }
+            c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    let len = msg.bytes;
-    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+    let len = n as usize;
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
         return Ok(Received::Invalid("control data truncated"));
     }
-    if msg.flags.contains(MsgFlags::MSG_TRUNC) || len > MAX_DATAGRAM {
+    if msg.msg_flags & libc::MSG_TRUNC != 0 || len > MAX_DATAGRAM {
         return Ok(Received::Invalid("datagram too long"));
     }
     let Some((pid, uid)) = creds.filter(|(p, _)| *p > 0) else {
@@ -193,4 +303,54 @@ pub fn register(sock: NotifySocket) -> io::Result<tokio::io::unix::AsyncFd<Notif
     // SAFETY: `NotifySocket` owns its fd (an `OwnedFd` field never replaced) for its whole
     // life, and `as_raw_fd` always returns that same fd.
     unsafe { tokio::io::unix::AsyncFd::register(sock) }.map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::IoSlice;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixDatagram;
+
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+
+    /// Whether every write end of the pipe whose read end is `r` is closed.
+    fn writers_gone(r: BorrowedFd<'_>) -> bool {
+        let mut p = libc::pollfd {
+            fd: r.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        n == 1 && p.revents & libc::POLLHUP != 0
+    }
+
+    #[test]
+    fn fds_of_a_truncated_datagram_are_closed_too() {
+        let dir = RuntimeDir::create().expect("dir");
+        let sock = NotifySocket::bind(&dir, 7).expect("bind");
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        let raw = [w.as_raw_fd(); 5];
+        let s = UnixDatagram::unbound().expect("socket");
+        sendmsg(
+            s.as_raw_fd(),
+            &[IoSlice::new(b"FDSTORE=1")],
+            &[ControlMessage::ScmRights(&raw)],
+            MsgFlags::empty(),
+            Some(&UnixAddr::new(sock.path()).expect("addr")),
+        )
+        .expect("sendmsg");
+        drop(w); // the only write ends left are the five in flight
+        assert!(!writers_gone(r.as_fd()));
+        // Room for 2 of the 5: the kernel installs 2, drops 3, and flags MSG_CTRUNC.
+        assert_eq!(
+            recv_with_room(sock.as_raw_fd(), 2).expect("recv"),
+            Received::Invalid("control data truncated")
+        );
+        assert!(
+            writers_gone(r.as_fd()),
+            "the fds that arrived with a truncated datagram are still open"
+        );
+    }
 }
