@@ -150,9 +150,8 @@ fn a_restored_unix_listener_keeps_its_socket_mode() {
 #[test]
 #[ignore = "needs root"]
 fn a_restored_unix_listener_keeps_its_socket_mode_and_owner() {
-    // SAFETY: geteuid has no preconditions.
     assert_eq!(
-        unsafe { libc::geteuid() },
+        handoff_sys::euid(),
         0,
         "this test needs root: run it as root with --ignored"
     );

@@ -237,7 +237,9 @@ pub fn spawn(plan: SpawnPlan) -> io::Result<u32> {
     // Block every signal on this thread across fork: the child must not run a copy of
     // handoff's handlers before it has reset them (a SIGTERM sent to the new pid in that
     // window would otherwise be swallowed). Signals for handoff stay pending until restored.
+    // SAFETY: sigset_t is a plain bit array; all-zero is a valid (empty) set.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: valid sigset pointers.
     unsafe {
@@ -268,7 +270,7 @@ unsafe impl Sync for PlanPtr {}
 /// # Safety
 /// Must only run in a freshly forked child.
 unsafe fn child_exec(plan: &mut SpawnPlan) -> io::Result<()> {
-    // SAFETY (whole body): raw syscalls on memory owned by `plan`, in a single-threaded child.
+    // SAFETY: raw syscalls on memory owned by `plan`, in a single-threaded child.
     unsafe {
         // 1. Default dispositions for every signal (handoff's handlers must never run here,
         //    and the child starts clean, as under systemd).

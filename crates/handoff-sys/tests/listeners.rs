@@ -160,9 +160,8 @@ fn a_unix_listener_gets_its_mode_at_birth_and_again_when_restored() {
 fn a_unix_listener_gets_its_owner_at_birth_and_again_when_restored() {
     use handoff_sys::listeners::UnixAccess;
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid cannot fail.
     assert_eq!(
-        unsafe { libc::geteuid() },
+        handoff_sys::euid(),
         0,
         "this test needs root: run it as root with --ignored"
     );
