@@ -6,17 +6,24 @@
 //! `stop` answers at once, then keeps the connection open until handoff exits, so the client
 //! can wait for the end. Requests longer than [`MAX_REQUEST`] or malformed get an error reply.
 //!
-//! Who may connect: the same uid as handoff, or root (checked with SO_PEERCRED); the socket
-//! file is mode 0600 as well.
+//! Who may connect: the same uid as handoff, or root (checked with SO_PEERCRED right after
+//! accept(), before anything is read); the socket file is mode 0600 as well. Anyone else gets
+//! one error line, written without waiting for its request, and is disconnected at once.
+//! At most [`MAX_CONNECTIONS`] connections are served at once; more are answered the same
+//! way. A client has [`REQUEST_TIMEOUT`] to send its request. When accept() itself fails
+//! (out of fds or memory) handoff waits before the next attempt instead of spinning.
 //!
 //! Every handoff also listens on the abstract address `@handoff-control-PID`, which is how
-//! `--pid-file` finds it without knowing the path it was started with.
+//! `--pid-file` finds it without knowing the path it was started with. Anyone can bind an
+//! abstract name or a free path, so the client checks who answers (SO_PEERCRED again): root or
+//! its own uid, and with `--pid-file` the pid in the file.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{SocketAddr, UnixListener as StdListener, UnixStream as StdStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +35,16 @@ use tokio::sync::{mpsc, oneshot};
 pub const VERSION: u32 = 1;
 /// Longest request line accepted.
 pub const MAX_REQUEST: usize = 4096;
+/// Most control connections served at once, over all control sockets: requests being read,
+/// `reload` clients waiting for the outcome, `stop` clients waiting for the exit.
+pub const MAX_CONNECTIONS: usize = 32;
+/// Time a client has to send its request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause after a failed accept(), doubled after each further failure up to the second value.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
+
+const DENIED: &str = "permission denied: only the user running handoff, or root, may control it";
+const TOO_MANY: &str = "too many control connections at once; try again later";
 
 /// A client request.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -167,6 +184,29 @@ pub fn bind_abstract() -> io::Result<StdListener> {
     StdListener::bind_addr(&abstract_addr(std::process::id())?)
 }
 
+/// Connections being served now (see [`MAX_CONNECTIONS`]).
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// One of the [`MAX_CONNECTIONS`] places, given back when dropped.
+struct Slot;
+
+impl Slot {
+    fn take() -> Option<Slot> {
+        ACTIVE
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < MAX_CONNECTIONS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        ACTIVE.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Accept connections on `listener` forever, handing requests to `tx`.
 pub async fn serve(listener: StdListener, tx: mpsc::UnboundedSender<Incoming>) {
     if listener.set_nonblocking(true).is_err() {
@@ -175,34 +215,69 @@ pub async fn serve(listener: StdListener, tx: mpsc::UnboundedSender<Incoming>) {
     let Ok(listener) = UnixListener::from_std(listener) else {
         return;
     };
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let mut backoff: Option<Duration> = None;
+    let mut failures: u64 = 0;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((s, _)) => {
+                backoff = None;
+                s
+            }
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connection stays queued and the
+                // listener readable, so trying again at once would spin at 100 % CPU.
+                let d = backoff.map_or(ACCEPT_BACKOFF.0, |d| (d * 2).min(ACCEPT_BACKOFF.1));
+                backoff = Some(d);
+                failures += 1;
+                if failures <= 3 || failures.is_power_of_two() {
+                    tracing::warn!(
+                        event = "control_accept_error",
+                        count = failures,
+                        "cannot accept a control connection: {e}; next attempt in {} ms",
+                        d.as_millis()
+                    );
+                }
+                tokio::time::sleep(d).await;
+                continue;
+            }
         };
-        tokio::spawn(connection(stream, tx.clone()));
+        // Who it is, before reading anything: a stranger costs one write and one close.
+        let allowed = stream
+            .peer_cred()
+            .is_ok_and(|c| c.uid() == me || c.uid() == 0);
+        if !allowed {
+            refuse(stream, DENIED);
+            continue;
+        }
+        match Slot::take() {
+            Some(slot) => {
+                tokio::spawn(connection(stream, slot, tx.clone()));
+            }
+            None => refuse(stream, TOO_MANY),
+        }
     }
 }
 
-async fn connection(mut stream: UnixStream, tx: mpsc::UnboundedSender<Incoming>) {
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
-    let allowed = stream
-        .peer_cred()
-        .is_ok_and(|c| c.uid() == me || c.uid() == 0);
+/// Answer with one error line, without waiting for the request or for the client to read,
+/// then close. If the client already sent its request, it still reads this line first (and
+/// then a reset instead of EOF); if it writes after the close, its write fails (EPIPE) and it
+/// can still read the line.
+fn refuse(stream: UnixStream, why: &str) {
+    let _ = stream.try_write(format!("{}\n", error_reply(why)).as_bytes());
+}
+
+async fn connection(mut stream: UnixStream, _slot: Slot, tx: mpsc::UnboundedSender<Incoming>) {
     let (rd, mut wr) = stream.split();
-    // Bounded read: at most MAX_REQUEST + 1 bytes, within 5 s.
+    // Bounded read: at most MAX_REQUEST + 1 bytes, within REQUEST_TIMEOUT.
     let mut rd =
         tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(rd, MAX_REQUEST as u64 + 1));
     let mut line = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), rd.read_until(b'\n', &mut line)).await;
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, rd.read_until(b'\n', &mut line)).await;
     let reply = match read {
         Err(_) => Some(error_reply("timed out waiting for a request")),
         Ok(Err(e)) => Some(error_reply(&format!("read error: {e}"))),
-        // A stranger is answered only after its request has been read: replying and closing
-        // at once would make its write fail (EPIPE) before it could read why.
-        Ok(Ok(_)) if !allowed => Some(error_reply(
-            "permission denied: only the user running handoff, or root, may control it",
-        )),
         Ok(Ok(_)) => {
             if line.last() == Some(&b'\n') {
                 line.pop();

@@ -6,6 +6,7 @@
 //! - `lifecycle`: restart on crash, shutdown, exit codes, forwarding, leaks.
 //! - `faults`: reload storms, 500 reloads (fd/RSS flat), hostile notify traffic.
 //! - `zero_drop`: two loopback clients hammer the server during reloads; 0 failures.
+//! - `control_socket`: strangers and floods on the control socket, squatters on its address.
 //! - `cli_errors`: bad input gives one line, a non-zero status, and starts nothing.
 //! - `listeners`: listener forms (unix, udp, ipv6, names) and stale socket files.
 //! - `operations`: control commands, pid file, systemd notify/socket units, privileges,
@@ -16,6 +17,7 @@ mod util;
 
 mod child_view;
 mod cli_errors;
+mod control_socket;
 mod examples;
 mod faults;
 mod lifecycle;
