@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use handoff_sys::peer::{peer_cred, PeerCred};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -133,9 +134,9 @@ impl Drop for SocketFile {
     }
 }
 
-/// Whether a live server answers at `path`.
-fn in_use(path: &Path) -> bool {
-    StdStream::connect(path).is_ok()
+/// Whether a live server answers at `path`; if so, who (None: it cannot be told).
+fn in_use(path: &Path) -> Option<Option<PeerCred>> {
+    StdStream::connect(path).ok().map(|s| peer_cred(&s).ok())
 }
 
 /// Bind the control socket at `path` (mode 0600). A stale file is replaced; a live one is an
@@ -148,15 +149,21 @@ pub fn bind_path(path: &Path) -> Result<(StdListener, SocketFile), String> {
                 path.display()
             ))
         }
-        Ok(_) if in_use(path) => {
-            return Err(format!(
-            "control socket {} is in use by another handoff; give this one its own --control PATH",
-            path.display()
-        ))
-        }
-        Ok(_) => {
-            let _ = std::fs::remove_file(path);
-        }
+        Ok(_) => match in_use(path) {
+            Some(owner) => {
+                let who = match owner {
+                    Some(c) => format!("owned by uid {} (pid {})", c.uid, c.pid),
+                    None => "owned by an unknown process".into(),
+                };
+                return Err(format!(
+                    "control socket {} is in use, {who}; give this one its own --control PATH",
+                    path.display()
+                ));
+            }
+            None => {
+                let _ = std::fs::remove_file(path);
+            }
+        },
         Err(_) => {}
     }
     // Mode 0600 from the start: no window in which another user could connect.
@@ -325,7 +332,50 @@ impl Target {
         }
     }
 
+    /// The address, for messages about whoever listens there.
+    fn address(&self) -> String {
+        match self {
+            Self::Path(p) => format!("control socket {}", p.display()),
+            Self::Pid(pid, f) => format!(
+                "control address @handoff-control-{pid} (pid file {})",
+                f.display()
+            ),
+        }
+    }
+
+    /// Connect, and make sure the real handoff answers: the listening process is root or
+    /// this user (SO_PEERCRED), and with `--pid-file` it is the pid in the file. Anyone can
+    /// bind a free path or an abstract name; a squatter must not learn our request, nor make
+    /// us report a reload that never happened.
     fn connect(&self) -> Result<StdStream, String> {
+        let s = self.connect_raw()?;
+        let c =
+            peer_cred(&s).map_err(|e| format!("cannot tell who serves {}: {e}", self.address()))?;
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if c.uid != 0 && c.uid != me {
+            return Err(format!(
+                "{} is served by uid {} (pid {}), not by root or uid {me}; refusing to talk to it",
+                self.address(),
+                c.uid,
+                c.pid
+            ));
+        }
+        if let Self::Pid(pid, f) = self {
+            if c.pid != *pid {
+                return Err(format!(
+                    "{} is served by pid {} (uid {}), not by pid {pid} from {}; refusing to talk to it",
+                    self.address(),
+                    c.pid,
+                    c.uid,
+                    f.display()
+                ));
+            }
+        }
+        Ok(s)
+    }
+
+    fn connect_raw(&self) -> Result<StdStream, String> {
         let res = match self {
             Self::Path(p) => StdStream::connect(p),
             Self::Pid(pid, _) => abstract_addr(*pid).and_then(|a| StdStream::connect_addr(&a)),

@@ -286,3 +286,160 @@ fn accept_errors_back_off_instead_of_spinning() {
     let (code, out, err) = h.cmd(&["reload"]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// Listens on a unix address (`@name` is abstract, `@self` is `@handoff-control-OWNPID`),
+/// prints "listening PID", and answers every request as if a reload had succeeded.
+const SQUAT: &str = r#"
+import os, socket, sys
+addr = sys.argv[1]
+if addr == "@self":
+    addr = "@handoff-control-%d" % os.getpid()
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+l.bind(addr)
+l.listen(16)
+print("listening", os.getpid(), flush=True)
+while True:
+    c, _ = l.accept()
+    c.settimeout(5)
+    try:
+        c.recv(4096)
+        c.sendall(b'{"v":1,"ok":true,"pid":%d,"message":"reload finished"}\n' % os.getpid())
+    except OSError:
+        pass
+    c.close()
+"#;
+
+/// Run [`SQUAT`]; returns the process (killed on drop) and its pid once it listens.
+fn squat(uid: Option<u32>, addr: &str) -> (KillOnDrop, u32) {
+    let child = python_as(uid, SQUAT, &[addr])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the squatter");
+    let mut guard = KillOnDrop(child);
+    let mut line = String::new();
+    // Bounded: the squatter prints this line or dies (EOF).
+    BufReader::new(guard.0.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("squatter's report");
+    let pid = line
+        .strip_prefix("listening ")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("squatter failed: {line:?}"));
+    (guard, pid)
+}
+
+/// `handoff SUB ARGS...` must refuse to talk to the squatter: exit 1, one line on stderr
+/// containing every string of `says`, nothing on stdout.
+#[track_caller]
+fn refused(args: &[&str], target: &[&std::ffi::OsStr], says: &[String]) {
+    for sub in ["reload", "status", "stop"] {
+        let mut c = Command::new(BIN);
+        c.arg(sub).args(args).args(target);
+        if sub != "status" {
+            c.args(["--timeout", "3s"]);
+        }
+        let (code, out, err) = output_within(&mut c, Duration::from_secs(20));
+        assert_eq!(code, 1, "{sub}: {out}{err}");
+        assert_eq!(out, "", "{sub}: nothing on stdout");
+        assert_eq!(err.lines().count(), 1, "{sub}: {err}");
+        for s in says {
+            assert!(err.contains(s.as_str()), "{sub}: {err:?} should say {s:?}");
+        }
+        assert!(!err.contains("reload finished"), "{sub}: {err}");
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn the_client_refuses_a_control_socket_served_by_another_user() {
+    assert!(is_root(), "needs root: the squatter runs as uid 65534");
+    let dir = TempDir::new();
+    // A directory the squatter (nobody) may create its socket in.
+    let d = dir.path().join("squat");
+    std::fs::create_dir(&d).expect("mkdir");
+    std::os::unix::fs::chown(&d, Some(65534), Some(65534)).expect("chown");
+    let path = d.join("control.sock");
+    let (_sq, sq_pid) = squat(Some(65534), path.to_str().expect("utf-8 path"));
+    refused(
+        &["--control"],
+        &[path.as_os_str()],
+        &[
+            format!(
+                "control socket {} is served by uid 65534 (pid {sq_pid})",
+                path.display()
+            ),
+            "not by root or uid 0; refusing to talk to it".into(),
+        ],
+    );
+
+    // The abstract address of the pid in a pid file: its own pid, so only the uid betrays it.
+    let (_sq, sq_pid) = squat(Some(65534), "@self");
+    let pidf = dir.path().join("squat.pid");
+    std::fs::write(&pidf, format!("{sq_pid}\n")).expect("write pid file");
+    refused(
+        &["--pid-file"],
+        &[pidf.as_os_str()],
+        &[
+            format!("@handoff-control-{sq_pid}"),
+            format!("is served by uid 65534 (pid {sq_pid})"),
+            "refusing to talk to it".into(),
+        ],
+    );
+}
+
+#[test]
+fn the_client_refuses_an_abstract_address_served_by_another_pid() {
+    // Someone (here: the same user) bound @handoff-control-N before the handoff with pid N.
+    let victim = KillOnDrop(
+        Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("start sleep"),
+    );
+    let n = victim.0.id();
+    let (_sq, sq_pid) = squat(None, &format!("@handoff-control-{n}"));
+    let dir = TempDir::new();
+    let pidf = dir.path().join("app.pid");
+    std::fs::write(&pidf, format!("{n}\n")).expect("write pid file");
+    refused(
+        &["--pid-file"],
+        &[pidf.as_os_str()],
+        &[
+            format!("@handoff-control-{n}"),
+            format!("is served by pid {sq_pid}"),
+            format!("not by pid {n} from {}", pidf.display()),
+            "refusing to talk to it".into(),
+        ],
+    );
+}
+
+#[test]
+fn a_control_path_in_use_names_its_owner() {
+    let h = with_fixture(&[], &[]);
+    h.ready(1);
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let (code, out, err) = output_within(
+        Command::new(BIN).env("HANDOFF_CONTROL", h.control()).args([
+            "--listen",
+            "127.0.0.1:0",
+            "--",
+            "python3",
+            &fixture(),
+        ]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!(
+            "control socket {} is in use, owned by uid {me} (pid {})",
+            h.control().display(),
+            h.pid
+        )),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
