@@ -4,14 +4,44 @@
 //! generation and pid it concerns, so that `--log-format json` is machine-readable: the
 //! integration tests and the benchmark read exactly these lines.
 
+use std::io::{self, Write};
+
 use handoff_core::supervisor::{KillReason, Report, StartReason};
 use tracing::{info, warn};
 
 use crate::cli::LogFormat;
 
+/// stderr for the log, ignoring write errors: when the reader of handoff's stderr goes away
+/// (a log pipe whose reader died: EPIPE; a closed terminal: EIO), lines are lost and the
+/// service goes on. With `std::io::stderr` a failed write makes tracing-subscriber report it
+/// with `eprintln!`, which panics on the same broken stderr, and the release build aborts on
+/// panic.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LossyStderr;
+
+impl Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // One event is one call (tracing-subscriber formats it into a buffer first); the lock
+        // keeps its pieces together if the pipe takes it in several writes.
+        let _ = io::stderr().lock().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let _ = io::stderr().flush();
+        Ok(())
+    }
+}
+
+/// Write `line` and a newline to stderr, ignoring errors (see [`LossyStderr`]).
+pub fn stderr_line(line: &str) {
+    let _ = LossyStderr.write_all(format!("{line}\n").as_bytes());
+}
+
 pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
+        .log_internal_errors(false)
         .with_target(false)
         .with_max_level(tracing::Level::INFO);
     match format {

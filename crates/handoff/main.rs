@@ -48,7 +48,7 @@ fn main() -> ExitCode {
     match res {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(msg) => {
-            eprintln!("handoff: error: {msg}");
+            logging::stderr_line(&format!("handoff: error: {msg}"));
             ExitCode::from(exit_code::FAILURE as u8)
         }
     }
@@ -72,11 +72,18 @@ fn usage_error(e: clap::Error) -> ExitCode {
         .collect();
     let msg = first.join(" ");
     let msg = msg.trim_start_matches("error: ");
-    eprintln!("handoff: error: {msg} (see handoff --help)");
+    logging::stderr_line(&format!("handoff: error: {msg} (see handoff --help)"));
     ExitCode::from(exit_code::USAGE as u8)
 }
 
 // ---- handoff reload | status | stop -----------------------------------------------------
+
+/// Print what a subcommand reports; a closed stdout (`handoff status | head -0`) loses it
+/// instead of panicking as `println!` would.
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}
 
 fn target(t: TargetArgs) -> Result<control::Target, String> {
     Ok(match (t.control, t.pid_file) {
@@ -102,10 +109,10 @@ fn client(sub: Sub) -> Result<i32, String> {
             let v = call(&target(t)?, &req, Some(timeout), false)?;
             let msg = v["message"].as_str().or(v["error"].as_str()).unwrap_or("");
             if v["ok"] == true {
-                println!("{msg}");
+                say(&format!("{msg}\n"));
                 Ok(0)
             } else {
-                eprintln!("handoff: reload failed: {msg}");
+                logging::stderr_line(&format!("handoff: reload failed: {msg}"));
                 Ok(1)
             }
         }
@@ -120,20 +127,18 @@ fn client(sub: Sub) -> Result<i32, String> {
                 return Err(v["error"].as_str().unwrap_or("status failed").to_string());
             }
             if json {
-                println!("{}", v["status"]);
+                say(&format!("{}\n", v["status"]));
             } else {
-                print!("{}", driver::status_text(&v["status"]));
+                say(&driver::status_text(&v["status"]));
             }
             Ok(0)
         }
         Sub::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "handoff",
-                &mut std::io::stdout(),
-            );
+            // Into a buffer: clap_complete panics when its writer fails (`| head`).
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "handoff", &mut buf);
+            say(&String::from_utf8_lossy(&buf));
             Ok(0)
         }
         Sub::Man => {
@@ -173,7 +178,7 @@ fn client(sub: Sub) -> Result<i32, String> {
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }
-            println!("stopped");
+            say("stopped\n");
             Ok(0)
         }
     }

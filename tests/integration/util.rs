@@ -100,6 +100,54 @@ impl Builder {
         self.dir.path().join("control.sock")
     }
 
+    /// Start handoff, read its log until an event satisfies `until`, then close the read end
+    /// of its stderr pipe: from then on every log line handoff writes fails (EPIPE). The
+    /// returned [`Handoff`] knows the events read so far and reports its log as closed.
+    pub fn start_then_close_stderr(mut self, until: impl Fn(&Value) -> bool) -> Handoff {
+        self.cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        let mut child = self.cmd.spawn().expect("start handoff");
+        let pid = child.id();
+        let stderr = child.stderr.take().expect("stderr");
+        let mut log = Log::default();
+        let mut r = BufReader::new(stderr);
+        let mut line = String::new();
+        let found = loop {
+            line.clear();
+            // Bounded by handoff itself: it writes `until`'s event or exits (EOF).
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => break false,
+                Ok(_) => {}
+            }
+            log.raw.push(line.trim_end().to_string());
+            if let Ok(v) = serde_json::from_str::<Value>(line.trim()) {
+                if v.get("event").is_some() {
+                    let done = until(&v);
+                    log.events.push(v);
+                    if done {
+                        break true;
+                    }
+                }
+            }
+        };
+        drop(r); // the read end of the pipe: closed
+        log.closed = true;
+        let h = Handoff {
+            child: Some(child),
+            log: Arc::new((Mutex::new(log), Condvar::new())),
+            pid,
+            dir: self.dir,
+        };
+        assert!(
+            found,
+            "handoff exited before the awaited event; log:\n{}",
+            h.raw_log()
+        );
+        h
+    }
+
     pub fn start(mut self) -> Handoff {
         self.cmd
             .stdout(Stdio::null())
