@@ -41,3 +41,39 @@ fn a_vanished_log_reader_never_kills_handoff() {
     assert_eq!(v["last_reload"]["result"], "ok", "{v}");
     assert_eq!(v["pid"], h.pid);
 }
+
+#[test]
+fn control_characters_in_a_childs_status_are_escaped() {
+    // ESC sequences (colour, clear screen, set the window title), a bell, a vertical tab,
+    // a Unicode line separator, and what an injected log line would look like.
+    let status = "STATUS=ok \x1b[31mred\x1b[0m\x07\x1b]0;pwned\x07 \x0b\u{2028}{\"event\":\"ready\",\"gen\":9}";
+    let escaped =
+        r#"ok \x1b[31mred\x1b[0m\x07\x1b]0;pwned\x07 \x0b\u{2028}{"event":"ready","gen":9}"#;
+    for format in ["json", "text"] {
+        let h = handoff_logging(format)
+            .args(["--listen", "127.0.0.1:0", "--", "python3", &fixture()])
+            .args(["--notify-message", status])
+            .start();
+        let line = |h: &Handoff| {
+            h.raw_log()
+                .lines()
+                .find(|l| l.contains("generation 1: ok"))
+                .map(str::to_string)
+        };
+        wait_until(&format!("the status line ({format})"), WAIT, || {
+            line(&h).is_some()
+        });
+        let l = line(&h).expect("status line");
+        assert!(
+            !l.chars().any(|c| c.is_control()) && !l.contains('\u{2028}'),
+            "{format}: raw control characters in {l:?}"
+        );
+        if format == "json" {
+            let v = h.wait("status", &[("gen", 1.into())]);
+            assert_eq!(v["status"], escaped, "{v}");
+            assert_eq!(h.events("ready").len(), 1, "no forged event");
+        } else {
+            assert!(l.contains(escaped), "{l}");
+        }
+    }
+}

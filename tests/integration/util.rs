@@ -195,9 +195,14 @@ impl Builder {
 
 /// handoff with `--log-format json` and the given arguments (`--` and the command included).
 pub fn handoff() -> Builder {
+    handoff_logging("json")
+}
+
+/// handoff with `--log-format FORMAT`; with `text`, only [`Handoff::raw_log`] sees the lines.
+pub fn handoff_logging(format: &str) -> Builder {
     let dir = TempDir::new();
     let mut cmd = Command::new(BIN);
-    cmd.arg("--log-format").arg("json");
+    cmd.arg("--log-format").arg(format);
     // Each handoff its own control socket: tests run in parallel.
     cmd.env("HANDOFF_CONTROL", dir.path().join("control.sock"));
     Builder { cmd, dir }
