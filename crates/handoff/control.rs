@@ -272,7 +272,12 @@ pub async fn serve(listener: StdListener, tx: mpsc::UnboundedSender<Incoming>) {
 /// then a reset instead of EOF); if it writes after the close, its write fails (EPIPE) and it
 /// can still read the line.
 fn refuse(stream: UnixStream, why: &str) {
-    let _ = stream.try_write(format!("{}\n", error_reply(why)).as_bytes());
+    // A plain write(2) on the (still non-blocking) socket: tokio's `try_write` would skip the
+    // write unless the reactor already saw the socket writable, which an older tokio does not
+    // assume for a freshly accepted socket.
+    if let Ok(s) = stream.into_std() {
+        let _ = (&s).write(format!("{}\n", error_reply(why)).as_bytes());
+    }
 }
 
 async fn connection(mut stream: UnixStream, _slot: Slot, tx: mpsc::UnboundedSender<Incoming>) {
