@@ -6,19 +6,27 @@
 //! `stop` answers at once, then keeps the connection open until handoff exits, so the client
 //! can wait for the end. Requests longer than [`MAX_REQUEST`] or malformed get an error reply.
 //!
-//! Who may connect: the same uid as handoff, or root (checked with SO_PEERCRED); the socket
-//! file is mode 0600 as well.
+//! Who may connect: the same uid as handoff, or root (checked with SO_PEERCRED right after
+//! accept(), before anything is read); the socket file is mode 0600 as well. Anyone else gets
+//! one error line, written without waiting for its request, and is disconnected at once.
+//! At most [`MAX_CONNECTIONS`] connections are served at once; more are answered the same
+//! way. A client has [`REQUEST_TIMEOUT`] to send its request. When accept() itself fails
+//! (out of fds or memory) handoff waits before the next attempt instead of spinning.
 //!
 //! Every handoff also listens on the abstract address `@handoff-control-PID`, which is how
-//! `--pid-file` finds it without knowing the path it was started with.
+//! `--pid-file` finds it without knowing the path it was started with. Anyone can bind an
+//! abstract name or a free path, so the client checks who answers (SO_PEERCRED again): root or
+//! its own uid, and with `--pid-file` the pid in the file.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{SocketAddr, UnixListener as StdListener, UnixStream as StdStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use handoff_sys::peer::{peer_cred, PeerCred};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -28,6 +36,16 @@ use tokio::sync::mpsc;
 pub const VERSION: u32 = 1;
 /// Longest request line accepted.
 pub const MAX_REQUEST: usize = 4096;
+/// Most control connections served at once, over all control sockets: requests being read,
+/// `reload` clients waiting for the outcome, `stop` clients waiting for the exit.
+pub const MAX_CONNECTIONS: usize = 32;
+/// Time a client has to send its request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause after a failed accept(), doubled after each further failure up to the second value.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
+
+const DENIED: &str = "permission denied: only the user running handoff, or root, may control it";
+const TOO_MANY: &str = "too many control connections at once; try again later";
 
 /// A client request.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -94,8 +112,7 @@ pub fn default_path() -> PathBuf {
                 .map(PathBuf::from)
         })
         .or_else(|| std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from));
-    // SAFETY: geteuid cannot fail.
-    let uid = unsafe { libc::geteuid() };
+    let uid = handoff_sys::euid();
     match dir {
         Some(d) => d.join("handoff.sock"),
         None if uid == 0 => PathBuf::from("/run/handoff.sock"),
@@ -117,9 +134,9 @@ impl Drop for SocketFile {
     }
 }
 
-/// Whether a live server answers at `path`.
-fn in_use(path: &Path) -> bool {
-    StdStream::connect(path).is_ok()
+/// Whether a live server answers at `path`; if so, who (None: it cannot be told).
+fn in_use(path: &Path) -> Option<Option<PeerCred>> {
+    StdStream::connect(path).ok().map(|s| peer_cred(&s).ok())
 }
 
 /// Bind the control socket at `path` (mode 0600). A stale file is replaced; a live one is an
@@ -132,15 +149,21 @@ pub fn bind_path(path: &Path) -> Result<(StdListener, SocketFile), String> {
                 path.display()
             ))
         }
-        Ok(_) if in_use(path) => {
-            return Err(format!(
-            "control socket {} is in use by another handoff; give this one its own --control PATH",
-            path.display()
-        ))
-        }
-        Ok(_) => {
-            let _ = std::fs::remove_file(path);
-        }
+        Ok(_) => match in_use(path) {
+            Some(owner) => {
+                let who = match owner {
+                    Some(c) => format!("owned by uid {} (pid {})", c.uid, c.pid),
+                    None => "owned by an unknown process".into(),
+                };
+                return Err(format!(
+                    "control socket {} is in use, {who}; give this one its own --control PATH",
+                    path.display()
+                ));
+            }
+            None => {
+                let _ = std::fs::remove_file(path);
+            }
+        },
         Err(_) => {}
     }
     // Mode 0600 from the start: no window in which another user could connect, and no
@@ -164,6 +187,29 @@ pub fn bind_abstract() -> io::Result<StdListener> {
     StdListener::bind_addr(&abstract_addr(std::process::id())?)
 }
 
+/// Connections being served now (see [`MAX_CONNECTIONS`]).
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// One of the [`MAX_CONNECTIONS`] places, given back when dropped.
+struct Slot;
+
+impl Slot {
+    fn take() -> Option<Slot> {
+        ACTIVE
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < MAX_CONNECTIONS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        ACTIVE.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Accept connections on `listener` forever, handing requests to `tx`. Every connection task
 /// holds a clone of `alive` until it has written its last answer, so that handoff can wait
 /// at exit for the final answers (`stop`'s exit code) to be written.
@@ -178,38 +224,78 @@ pub async fn serve(
     let Ok(listener) = UnixListener::from_std(listener) else {
         return;
     };
+    let me = handoff_sys::euid();
+    let mut backoff: Option<Duration> = None;
+    let mut failures: u64 = 0;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((s, _)) => {
+                backoff = None;
+                s
+            }
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connection stays queued and the
+                // listener readable, so trying again at once would spin at 100 % CPU.
+                let d = backoff.map_or(ACCEPT_BACKOFF.0, |d| (d * 2).min(ACCEPT_BACKOFF.1));
+                backoff = Some(d);
+                failures += 1;
+                if failures <= 3 || failures.is_power_of_two() {
+                    tracing::warn!(
+                        event = "control_accept_error",
+                        count = failures,
+                        "cannot accept a control connection: {e}; next attempt in {} ms",
+                        d.as_millis()
+                    );
+                }
+                tokio::time::sleep(d).await;
+                continue;
+            }
         };
-        tokio::spawn(connection(stream, tx.clone(), alive.clone()));
+        // Who it is, before reading anything: a stranger costs one write and one close.
+        let allowed = stream
+            .peer_cred()
+            .is_ok_and(|c| c.uid() == me || c.uid() == 0);
+        if !allowed {
+            refuse(stream, DENIED);
+            continue;
+        }
+        match Slot::take() {
+            Some(slot) => {
+                tokio::spawn(connection(stream, slot, tx.clone(), alive.clone()));
+            }
+            None => refuse(stream, TOO_MANY),
+        }
+    }
+}
+
+/// Answer with one error line, without waiting for the request or for the client to read,
+/// then close. If the client already sent its request, it still reads this line first (and
+/// then a reset instead of EOF); if it writes after the close, its write fails (EPIPE) and it
+/// can still read the line.
+fn refuse(stream: UnixStream, why: &str) {
+    // A plain write(2) on the (still non-blocking) socket: tokio's `try_write` would skip the
+    // write unless the reactor already saw the socket writable, which an older tokio does not
+    // assume for a freshly accepted socket.
+    if let Ok(s) = stream.into_std() {
+        let _ = (&s).write(format!("{}\n", error_reply(why)).as_bytes());
     }
 }
 
 async fn connection(
     mut stream: UnixStream,
+    _slot: Slot,
     tx: mpsc::UnboundedSender<Incoming>,
     _alive: mpsc::Sender<()>,
 ) {
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
-    let allowed = stream
-        .peer_cred()
-        .is_ok_and(|c| c.uid() == me || c.uid() == 0);
     let (rd, mut wr) = stream.split();
-    // Bounded read: at most MAX_REQUEST + 1 bytes, within 5 s.
+    // Bounded read: at most MAX_REQUEST + 1 bytes, within REQUEST_TIMEOUT.
     let mut rd =
         tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(rd, MAX_REQUEST as u64 + 1));
     let mut line = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), rd.read_until(b'\n', &mut line)).await;
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, rd.read_until(b'\n', &mut line)).await;
     let reply = match read {
         Err(_) => Some(error_reply("timed out waiting for a request")),
         Ok(Err(e)) => Some(error_reply(&format!("read error: {e}"))),
-        // A stranger is answered only after its request has been read: replying and closing
-        // at once would make its write fail (EPIPE) before it could read why.
-        Ok(Ok(_)) if !allowed => Some(error_reply(
-            "permission denied: only the user running handoff, or root, may control it",
-        )),
         Ok(Ok(_)) => {
             if line.last() == Some(&b'\n') {
                 line.pop();
@@ -255,7 +341,49 @@ impl Target {
         }
     }
 
+    /// The address, for messages about whoever listens there.
+    fn address(&self) -> String {
+        match self {
+            Self::Path(p) => format!("control socket {}", p.display()),
+            Self::Pid(pid, f) => format!(
+                "control address @handoff-control-{pid} (pid file {})",
+                f.display()
+            ),
+        }
+    }
+
+    /// Connect, and make sure the real handoff answers: the listening process is root or
+    /// this user (SO_PEERCRED), and with `--pid-file` it is the pid in the file. Anyone can
+    /// bind a free path or an abstract name; a squatter must not learn our request, nor make
+    /// us report a reload that never happened.
     fn connect(&self) -> Result<StdStream, String> {
+        let s = self.connect_raw()?;
+        let c =
+            peer_cred(&s).map_err(|e| format!("cannot tell who serves {}: {e}", self.address()))?;
+        let me = handoff_sys::euid();
+        if c.uid != 0 && c.uid != me {
+            return Err(format!(
+                "{} is served by uid {} (pid {}), not by root or uid {me}; refusing to talk to it",
+                self.address(),
+                c.uid,
+                c.pid
+            ));
+        }
+        if let Self::Pid(pid, f) = self {
+            if c.pid != *pid {
+                return Err(format!(
+                    "{} is served by pid {} (uid {}), not by pid {pid} from {}; refusing to talk to it",
+                    self.address(),
+                    c.pid,
+                    c.uid,
+                    f.display()
+                ));
+            }
+        }
+        Ok(s)
+    }
+
+    fn connect_raw(&self) -> Result<StdStream, String> {
         let res = match self {
             Self::Path(p) => StdStream::connect(p),
             Self::Pid(pid, _) => abstract_addr(*pid).and_then(|a| StdStream::connect_addr(&a)),

@@ -130,12 +130,10 @@ fn client(sub: Sub) -> Result<i32, Error> {
         }
         Sub::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "handoff",
-                &mut std::io::stdout(),
-            );
+            // Into a buffer: clap_complete panics when its writer fails (`| head`).
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "handoff", &mut buf);
+            say(&String::from_utf8_lossy(&buf));
             Ok(0)
         }
         Sub::Man => {

@@ -6,7 +6,9 @@
 //! - `lifecycle`: restart on crash, shutdown, exit codes, forwarding, leaks.
 //! - `faults`: reload storms, 500 reloads (fd/RSS flat), hostile notify traffic.
 //! - `zero_drop`: two loopback clients hammer the server during reloads; 0 failures.
+//! - `control_socket`: strangers and floods on the control socket, squatters on its address.
 //! - `cli_errors`: bad input gives one line, a non-zero status, and starts nothing.
+//! - `logs`: a vanished log reader, control characters from children.
 //! - `listeners`: listener forms (unix, udp, ipv6, names) and stale socket files.
 //! - `operations`: control commands, pid file, systemd notify/socket units, privileges,
 //!   probes, watch, PID 1, Server::Starter.
@@ -16,10 +18,12 @@ mod util;
 
 mod child_view;
 mod cli_errors;
+mod control_socket;
 mod examples;
 mod faults;
 mod lifecycle;
 mod listeners;
+mod logs;
 mod operations;
 mod reload;
 mod zero_drop;

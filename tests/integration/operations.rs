@@ -10,11 +10,6 @@ use serde_json::Value;
 
 use crate::util::*;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 #[test]
 fn reload_command_reports_success_and_failure_with_its_exit_code() {
     let h = fixture_with_args_file(&[]);
@@ -666,20 +661,6 @@ fn a_burst_of_writes_to_a_watched_file_gives_exactly_one_reload() {
 }
 
 /// Host pids of the children of `pid`.
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
-            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-        }
-    }
-    out
-}
-
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {

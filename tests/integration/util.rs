@@ -100,6 +100,54 @@ impl Builder {
         self.dir.path().join("control.sock")
     }
 
+    /// Start handoff, read its log until an event satisfies `until`, then close the read end
+    /// of its stderr pipe: from then on every log line handoff writes fails (EPIPE). The
+    /// returned [`Handoff`] knows the events read so far and reports its log as closed.
+    pub fn start_then_close_stderr(mut self, until: impl Fn(&Value) -> bool) -> Handoff {
+        self.cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        let mut child = self.cmd.spawn().expect("start handoff");
+        let pid = child.id();
+        let stderr = child.stderr.take().expect("stderr");
+        let mut log = Log::default();
+        let mut r = BufReader::new(stderr);
+        let mut line = String::new();
+        let found = loop {
+            line.clear();
+            // Bounded by handoff itself: it writes `until`'s event or exits (EOF).
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => break false,
+                Ok(_) => {}
+            }
+            log.raw.push(line.trim_end().to_string());
+            if let Ok(v) = serde_json::from_str::<Value>(line.trim()) {
+                if v.get("event").is_some() {
+                    let done = until(&v);
+                    log.events.push(v);
+                    if done {
+                        break true;
+                    }
+                }
+            }
+        };
+        drop(r); // the read end of the pipe: closed
+        log.closed = true;
+        let h = Handoff {
+            child: Some(child),
+            log: Arc::new((Mutex::new(log), Condvar::new())),
+            pid,
+            dir: self.dir,
+        };
+        assert!(
+            found,
+            "handoff exited before the awaited event; log:\n{}",
+            h.raw_log()
+        );
+        h
+    }
+
     pub fn start(mut self) -> Handoff {
         self.cmd
             .stdout(Stdio::null())
@@ -147,9 +195,14 @@ impl Builder {
 
 /// handoff with `--log-format json` and the given arguments (`--` and the command included).
 pub fn handoff() -> Builder {
+    handoff_logging("json")
+}
+
+/// handoff with `--log-format FORMAT`; with `text`, only [`Handoff::raw_log`] sees the lines.
+pub fn handoff_logging(format: &str) -> Builder {
     let dir = TempDir::new();
     let mut cmd = Command::new(BIN);
-    cmd.arg("--log-format").arg("json");
+    cmd.arg("--log-format").arg(format);
     // Each handoff its own control socket: tests run in parallel.
     cmd.env("HANDOFF_CONTROL", dir.path().join("control.sock"));
     Builder { cmd, dir }
@@ -338,7 +391,9 @@ pub fn matches(v: &Value, name: &str, fields: &[(&str, Value)]) -> bool {
 
 impl Drop for Handoff {
     fn drop(&mut self) {
-        let pids = self.spawned_pids();
+        let mut pids = self.spawned_pids();
+        // Generations whose `spawned` line the test did not read (a closed log) too.
+        pids.extend(children_of(self.pid));
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -368,6 +423,110 @@ pub fn alive(pid: u32) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// The direct children of `pid` (every thread's).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
+/// CPU time `pid` has used so far (user + system), in seconds, from /proc/PID/stat.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    let rest = s.rsplit_once(')').expect("stat format").1;
+    // After the command: state(0) ppid(1) ... utime(11) stime(12), in clock ticks.
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|x| x.parse().expect("tick count"))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (f[0] + f[1]) as f64 / hz
+}
+
+/// CPU time `pid` uses during the next `window` (a measurement, not a synchronisation).
+pub fn cpu_used_during(pid: u32, window: Duration) -> f64 {
+    let before = cpu_seconds(pid);
+    std::thread::sleep(window);
+    cpu_seconds(pid) - before
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A helper process killed (and reaped) when dropped, even on panic.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Run `cmd` to completion, killing it if it takes longer than `timeout` (then panics).
+#[track_caller]
+pub fn output_within(cmd: &mut Command, timeout: Duration) -> (i32, String, String) {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut guard = KillOnDrop(child);
+    let read = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut s);
+            }
+            s
+        })
+    };
+    let out = read(
+        guard
+            .0
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = read(
+        guard
+            .0
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let end = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = guard.0.try_wait().expect("try_wait") {
+            break st;
+        }
+        assert!(
+            Instant::now() < end,
+            "{cmd:?} did not finish within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    (
+        status.code().unwrap_or(-1),
+        out.join().expect("stdout reader"),
+        err.join().expect("stderr reader"),
+    )
 }
 
 /// Every pid whose process group is `pgid`.

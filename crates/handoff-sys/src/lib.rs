@@ -7,6 +7,7 @@
 pub mod kill;
 pub mod listeners;
 pub mod notify_socket;
+pub mod peer;
 pub mod procfs;
 pub mod reaper;
 pub mod spawn;
