@@ -74,6 +74,10 @@ pub enum Sub {
     Stop {
         #[command(flatten)]
         target: TargetArgs,
+        /// Kill every generation now instead of letting them drain (exit status 3). Running
+        /// `stop` again without it changes nothing: a repeated stop is the same graceful stop.
+        #[arg(long)]
+        force: bool,
         /// Give up waiting after this long.
         #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
         timeout: Duration,

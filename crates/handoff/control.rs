@@ -55,6 +55,9 @@ pub struct Request {
     /// For `reload`: answer when the outcome is known (default), or at once.
     #[serde(default = "yes")]
     pub wait: bool,
+    /// For `stop`: kill every generation now instead of letting them drain.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 fn yes() -> bool {

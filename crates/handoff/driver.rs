@@ -185,10 +185,12 @@ impl Driver {
             Input::Signal(S::Terminate) => self.handle(Event::Shutdown {
                 signal: Signal::TERM,
                 request: None,
+                force: false,
             }),
             Input::Signal(S::Interrupt) => self.handle(Event::Shutdown {
                 signal: Signal::INT,
                 request: None,
+                force: false,
             }),
             Input::Signal(S::User1) => self.handle(Event::Forward {
                 signal: Signal::USR1,
@@ -230,6 +232,7 @@ impl Driver {
             Command::Stop => Event::Shutdown {
                 signal: Signal::TERM,
                 request: Some(request),
+                force: req.force,
             },
             Command::Reload if req.wait => Event::Reload {
                 reply: ReplyTo::WhenDone(request),

@@ -173,8 +173,7 @@ pub fn report(r: &Report) {
         Report::Killed { gen, pid, reason } => {
             let why = match reason {
                 KillReason::DrainTimeout => "drain timeout reached",
-                KillReason::ReadyTimeout => "ready timeout reached",
-                KillReason::Forced => "second stop request",
+                KillReason::Forced => "forced stop (stop --force, or a second interrupt)",
             };
             warn!(
                 event = "killed",

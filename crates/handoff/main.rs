@@ -90,7 +90,12 @@ fn target(t: TargetArgs) -> Result<control::Target, Error> {
 fn client(sub: Sub) -> Result<i32, Error> {
     use control::{call, Command, Request, VERSION as V};
     use std::io::Write;
-    let request = |cmd, wait| Request { v: V, cmd, wait };
+    let request = |cmd, wait| Request {
+        v: V,
+        cmd,
+        wait,
+        force: false,
+    };
     // Printing the answer is the point of a subcommand, but a closed stdout must not panic.
     let say = |line: &str| {
         let _ = writeln!(std::io::stdout(), "{line}");
@@ -143,8 +148,15 @@ fn client(sub: Sub) -> Result<i32, Error> {
                 .map_err(Error::Output)?;
             Ok(0)
         }
-        Sub::Stop { target: t, timeout } => {
-            let req = request(Command::Stop, true);
+        Sub::Stop {
+            target: t,
+            force,
+            timeout,
+        } => {
+            let req = Request {
+                force,
+                ..request(Command::Stop, true)
+            };
             let tg = target(t)?;
             let (v, last) = call(&tg, &req, Some(timeout), true).map_err(Error::Control)?;
             if v["ok"] != true {
@@ -166,7 +178,7 @@ fn client(sub: Sub) -> Result<i32, Error> {
             // handoff's own exit code, when it told us (protocol 1 servers since 0.2).
             match last.as_ref().and_then(|l| l["code"].as_i64()) {
                 Some(c) if c == i64::from(exit_code::FORCED) => {
-                    say("stopped, but some processes had to be killed (drain timeout or a second stop request)");
+                    say("stopped, but some processes had to be killed (drain timeout, or stop --force)");
                     Ok(exit_code::FORCED)
                 }
                 _ => {

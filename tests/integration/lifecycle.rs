@@ -27,7 +27,7 @@ fn sigterm_drains_every_child_exits_zero_and_leaves_nothing() {
 }
 
 #[test]
-fn second_sigterm_kills_at_once_and_exits_3() {
+fn sigint_during_a_stop_kills_at_once_and_exits_3() {
     let mut h = with_fixture(&["--drain-timeout", "60s"], &["--ignore-term"]);
     let p1 = h.ready(1);
     h.signal(libc::SIGTERM);
@@ -35,6 +35,45 @@ fn second_sigterm_kills_at_once_and_exits_3() {
     h.signal(libc::SIGINT);
     assert_eq!(h.wait_exit(WAIT), 3);
     assert!(!alive(p1));
+}
+
+#[test]
+fn a_repeated_sigterm_is_one_graceful_stop() {
+    // timeout(1), and service managers, repeat SIGTERM: that is not a request to kill.
+    let mut h = with_fixture(&["--drain-timeout", "60s"], &["--stop-delay", "1"]);
+    let p1 = h.ready(1);
+    h.signal(libc::SIGTERM);
+    h.wait("stopping", &[("gen", 1.into())]);
+    h.signal(libc::SIGTERM);
+    h.signal(libc::SIGTERM);
+    assert_eq!(h.wait_exit(WAIT), 0, "drained, nothing killed");
+    assert!(h.events("killed").is_empty(), "{}", h.raw_log());
+    assert!(!alive(p1));
+}
+
+#[test]
+fn stop_force_kills_at_once_and_exits_3() {
+    let mut h = with_fixture(&["--drain-timeout", "60s"], &["--ignore-term"]);
+    let p1 = h.ready(1);
+    let (code, out, err) = h.cmd(&["stop", "--timeout", "300ms"]);
+    assert_eq!(code, 1, "a plain stop waits for the drain: {out}{err}");
+    assert!(err.contains("still running"), "{err}");
+    let (code, out, err) = h.cmd(&["stop", "--force"]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert_eq!(h.wait_exit(WAIT), 3);
+    assert!(!alive(p1));
+}
+
+#[test]
+fn restart_never_ends_handoff_when_the_child_is_never_ready() {
+    // It used to restart a child that missed its ready deadline forever.
+    let mut h = with_fixture(
+        &["--restart", "never", "--ready-timeout", "500ms"],
+        &["--never-ready"],
+    );
+    h.wait("failed", &[("gen", 1.into())]);
+    assert_eq!(h.wait_exit(WAIT), 1);
+    assert!(h.events("spawned").len() == 1, "{}", h.raw_log());
 }
 
 #[test]

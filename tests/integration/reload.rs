@@ -2,6 +2,8 @@
 
 use serde_json::json;
 
+use std::time::{Duration, Instant};
+
 use crate::util::*;
 
 #[test]
@@ -50,6 +52,53 @@ fn new_child_crashing_before_ready_rolls_back() {
     assert_eq!(
         h.wait("reload_finished", &[("gen", 3.into())])["result"],
         "ok"
+    );
+}
+
+#[test]
+fn requests_a_never_ready_generation_accepted_are_served_when_it_is_stopped() {
+    // A new generation that misses its ready deadline may already have accepted connections
+    // from the shared socket. It gets the stop signal and drains them, as systemd would; it
+    // used to be SIGKILLed, failing them.
+    let h = fixture_with_args_file(&["--ready-timeout", "1500ms"]);
+    h.ready(1);
+    let addr = h.addr(0);
+    std::fs::write(h.args_file(), "--never-ready").expect("write args");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Outcome, Instant)>::new()));
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let (stop, seen) = (stop.clone(), seen.clone());
+            std::thread::spawn(move || {
+                let end = Instant::now() + Duration::from_secs(30);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < end {
+                    let o = get(addr, "/slow?ms=700");
+                    seen.lock().expect("seen").push((o, Instant::now()));
+                }
+            })
+        })
+        .collect();
+    h.reload();
+    let done = h.wait("reload_finished", &[("gen", 2.into())]);
+    assert_eq!(done["result"], "failed");
+    let failed_at = Instant::now();
+    h.wait("reaped", &[("gen", 2.into())]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("client");
+    }
+    let seen = seen.lock().expect("seen");
+    let failures: Vec<_> = seen
+        .iter()
+        .filter(|(o, _)| !matches!(o, Outcome::Ok { status: 200, .. }))
+        .collect();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    let drained_by_2 = seen.iter().any(|(o, at)| {
+        *at > failed_at && matches!(o, Outcome::Ok { body, .. } if json_gen(body) == Some(2))
+    });
+    assert!(
+        drained_by_2,
+        "no request accepted by generation 2 was still in flight when it failed: the test proved nothing"
     );
 }
 

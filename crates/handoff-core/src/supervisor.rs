@@ -147,11 +147,13 @@ pub enum ReplyTo {
 pub enum Event {
     /// SIGHUP, a control command or a watched file: start a new generation.
     Reload { reply: ReplyTo },
-    /// SIGTERM/SIGINT, or `handoff stop` (`request`, answered now and again at exit). A second
-    /// one means "kill everything now".
+    /// SIGTERM/SIGINT, or `handoff stop` (`request`, answered now and again at exit). A
+    /// repeated stop is the same graceful stop; it becomes "kill everything now" only when a
+    /// person clearly asks: `force` (`handoff stop --force`), or a second SIGINT (Ctrl-C twice).
     Shutdown {
         signal: Signal,
         request: Option<RequestId>,
+        force: bool,
     },
     /// `handoff status`: answered at once with [`Outcome::Status`].
     Status { request: RequestId },
@@ -289,9 +291,7 @@ impl ReloadOutcome {
 pub enum KillReason {
     /// It did not exit within the drain timeout.
     DrainTimeout,
-    /// It did not report READY=1 within the ready timeout.
-    ReadyTimeout,
-    /// A second stop request arrived.
+    /// `handoff stop --force`, or a second SIGINT.
     Forced,
 }
 
@@ -603,7 +603,11 @@ impl Supervisor {
         }
         match event {
             Event::Reload { reply } => self.on_reload(reply, now),
-            Event::Shutdown { signal, request } => self.on_shutdown(signal, request, now),
+            Event::Shutdown {
+                signal,
+                request,
+                force,
+            } => self.on_shutdown(signal, request, force, now),
             Event::Status { request } => self.reply(request, Outcome::Status),
             Event::Forward { signal } => self.on_forward(signal),
             Event::Spawned { gen, pid } => self.on_spawned(gen, pid, now),
@@ -717,62 +721,85 @@ impl Supervisor {
         self.start_generation(StartReason::Reload, now, Some(now), waiters);
     }
 
-    fn on_shutdown(&mut self, signal: Signal, request: Option<RequestId>, now: Instant) {
+    fn on_shutdown(
+        &mut self,
+        signal: Signal,
+        request: Option<RequestId>,
+        force: bool,
+        now: Instant,
+    ) {
         if let Some(r) = request {
             self.reply(r, Outcome::Stopping);
         }
-        match &mut self.shutdown {
-            Some(s) if s.forced => s.requests.extend(request),
+        let again = match &mut self.shutdown {
             Some(s) => {
-                s.forced = true;
                 s.requests.extend(request);
-                self.report(Report::ShutdownStarted {
-                    signal,
-                    forced: true,
-                });
-                for i in 0..self.gens.len() {
-                    if matches!(
-                        self.gens[i].phase,
-                        Phase::Starting { .. } | Phase::Serving { .. } | Phase::Draining { .. }
-                    ) {
-                        self.kill(i, KillReason::Forced, now);
-                    }
-                }
+                true
             }
             None => {
-                self.shutdown = Some(ShutdownState {
-                    forced: false,
-                    requests: request.into_iter().collect(),
-                });
-                self.report(Report::ShutdownStarted {
-                    signal,
-                    forced: false,
-                });
-                self.tell(ManagerMessage::Stopping);
-                if let Some(p) = self.pending_reload.take() {
-                    for r in p.waiters {
-                        self.reply(r, Outcome::ShuttingDown);
-                    }
-                }
-                self.timers.cancel(Timer::Restart);
-                self.timers.cancel(Timer::WatchDebounce);
-                // First report the interrupted start (while the old generation still counts
-                // as serving), then tell everyone to stop.
-                if let Some(i) = self
-                    .gens
-                    .iter()
-                    .position(|g| matches!(g.phase, Phase::Starting { .. }))
-                {
-                    let g = self.gens[i].clone();
-                    self.fail_start(&g, FailReason::Shutdown, now);
-                }
-                for i in 0..self.gens.len() {
-                    match self.gens[i].phase {
-                        Phase::Starting { .. } | Phase::Serving { .. } => self.stop(i, None, now),
-                        // Spawning: stopped as soon as its pid is known (on_spawned).
-                        Phase::Spawning | Phase::Draining { .. } | Phase::Killing { .. } => {}
-                    }
-                }
+                self.begin_shutdown(signal, request, now);
+                false
+            }
+        };
+        // `timeout(1)` and service managers repeat SIGTERM; only a person escalates.
+        if force || (again && signal == Signal::INT) {
+            self.force_shutdown(signal, now);
+        }
+    }
+
+    /// The graceful stop: every generation gets the stop signal and the drain timeout.
+    fn begin_shutdown(&mut self, signal: Signal, request: Option<RequestId>, now: Instant) {
+        self.shutdown = Some(ShutdownState {
+            forced: false,
+            requests: request.into_iter().collect(),
+        });
+        self.report(Report::ShutdownStarted {
+            signal,
+            forced: false,
+        });
+        self.tell(ManagerMessage::Stopping);
+        if let Some(p) = self.pending_reload.take() {
+            for r in p.waiters {
+                self.reply(r, Outcome::ShuttingDown);
+            }
+        }
+        self.timers.cancel(Timer::Restart);
+        self.timers.cancel(Timer::WatchDebounce);
+        // First report the interrupted start (while the old generation still counts as
+        // serving), then tell everyone to stop.
+        if let Some(i) = self
+            .gens
+            .iter()
+            .position(|g| matches!(g.phase, Phase::Starting { .. }))
+        {
+            let g = self.gens[i].clone();
+            self.fail_start(&g, FailReason::Shutdown, now);
+        }
+        for i in 0..self.gens.len() {
+            match self.gens[i].phase {
+                Phase::Starting { .. } | Phase::Serving { .. } => self.stop(i, None, now),
+                // Spawning: stopped as soon as its pid is known (on_spawned).
+                Phase::Spawning | Phase::Draining { .. } | Phase::Killing { .. } => {}
+            }
+        }
+    }
+
+    /// Kill every generation's process group now.
+    fn force_shutdown(&mut self, signal: Signal, now: Instant) {
+        let Some(s) = &mut self.shutdown else { return };
+        if std::mem::replace(&mut s.forced, true) {
+            return;
+        }
+        self.report(Report::ShutdownStarted {
+            signal,
+            forced: true,
+        });
+        for i in 0..self.gens.len() {
+            if matches!(
+                self.gens[i].phase,
+                Phase::Starting { .. } | Phase::Serving { .. } | Phase::Draining { .. }
+            ) {
+                self.kill(i, KillReason::Forced, now);
             }
         }
     }
@@ -957,8 +984,10 @@ impl Supervisor {
                     let g = self.gens[i].clone();
                     let waited = now.saturating_duration_since(g.started_at);
                     self.fail_start(&g, FailReason::ReadyTimeout(waited), now);
-                    self.kill(i, KillReason::ReadyTimeout, now);
-                    // The replacement (if any) is decided when the reaper reports the exit.
+                    // Gracefully, as systemd does: it may already have accepted connections
+                    // from the shared socket, which SIGKILL would fail. The drain timeout
+                    // still bounds it. What follows is decided when the reaper reports it.
+                    self.stop(i, None, now);
                 }
                 (Timer::KillDeadline(_), Some(i), Some(Phase::Draining { .. })) => {
                     self.kill(i, KillReason::DrainTimeout, now);
@@ -1082,7 +1111,12 @@ impl Supervisor {
         }
         if self.pending_reload.is_some() {
             self.start_pending_reload(now);
-        } else if self.serving().is_none() {
+        } else if self.serving().is_some() {
+            // A failed reload: the old generation keeps serving.
+        } else if self.policy.restart == RestartPolicy::Never {
+            // Nothing serves and nothing may be restarted: a start that failed is a failure.
+            self.begin_exit(exit_code::FAILURE, now);
+        } else {
             self.schedule_restart(now);
         }
     }
@@ -1168,7 +1202,7 @@ impl Supervisor {
 
     /// Exit once everything is down, with `code`.
     fn begin_exit(&mut self, code: i32, now: Instant) {
-        self.on_shutdown(self.policy.stop_signal, None, now);
+        self.on_shutdown(self.policy.stop_signal, None, false, now);
         self.finished_code = Some(code);
     }
 

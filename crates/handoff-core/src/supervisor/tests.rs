@@ -122,6 +122,25 @@ impl Harness {
         self.ev(Event::Shutdown {
             signal: T,
             request: None,
+            force: false,
+        })
+    }
+
+    /// SIGINT (Ctrl-C).
+    fn interrupt(&mut self) -> Vec<Action> {
+        self.ev(Event::Shutdown {
+            signal: Signal::INT,
+            request: None,
+            force: false,
+        })
+    }
+
+    /// `handoff stop --force`.
+    fn force_stop(&mut self) -> Vec<Action> {
+        self.ev(Event::Shutdown {
+            signal: T,
+            request: None,
+            force: true,
         })
     }
 
@@ -280,7 +299,7 @@ fn exec_failure_of_the_first_child_ends_handoff() {
 }
 
 #[test]
-fn first_generation_ready_timeout_is_killed_then_restarted() {
+fn first_generation_ready_timeout_is_stopped_gracefully_then_restarted() {
     let (mut h, _) = Harness::new(Policy::default());
     h.spawned(1, 100);
     let a = h.advance(secs(60));
@@ -292,15 +311,16 @@ fn first_generation_ready_timeout_is_killed_then_restarted() {
                 pid: Some(100),
                 reason: FailReason::ReadyTimeout(secs(60))
             }),
-            kill9(1, 100),
-            rep(Report::Killed {
-                gen: 1,
-                pid: 100,
-                reason: KillReason::ReadyTimeout
-            }),
+            term(1, 100),
+            stopping(1, 100, None),
         ]
     );
-    let a = h.killed(100, Signal::KILL);
+    assert_eq!(
+        h.deadline_in(1),
+        Some(secs(30)),
+        "the drain timeout bounds it"
+    );
+    let a = h.killed(100, T);
     assert_eq!(
         a,
         vec![
@@ -309,11 +329,41 @@ fn first_generation_ready_timeout_is_killed_then_restarted() {
             rep(Report::Reaped {
                 gen: 1,
                 pid: 100,
-                status: ExitStatus::Signaled(Signal::KILL)
+                status: ExitStatus::Signaled(T)
             }),
             rep(Report::RestartScheduled { delay: ms(100) }),
         ]
     );
+}
+
+#[test]
+fn restart_never_ends_handoff_when_the_first_child_is_never_ready() {
+    // Before, a ready timeout restarted forever whatever --restart said.
+    let (mut h, _) = Harness::new(Policy {
+        restart: RestartPolicy::Never,
+        ..Policy::default()
+    });
+    h.spawned(1, 100);
+    h.advance(secs(60));
+    let a = h.killed(100, T);
+    assert_eq!(a.last(), Some(&Action::Exit(exit_code::FAILURE)), "{a:?}");
+}
+
+#[test]
+fn restart_never_ends_handoff_when_a_replacement_cannot_be_executed() {
+    let never = Policy {
+        restart: RestartPolicy::Never,
+        ..Policy::default()
+    };
+    // A reload whose binary is gone, then the serving child dies: nothing can serve.
+    let mut h = Harness::serving_with(never);
+    h.reload();
+    h.ev(Event::SpawnFailed {
+        gen: 2,
+        error: "No such file".into(),
+    });
+    let a = h.exited(100, 0);
+    assert_eq!(a.last(), Some(&Action::Exit(0)), "{a:?}");
 }
 
 #[test]
@@ -455,7 +505,7 @@ fn new_child_crashing_before_ready_rolls_back() {
 }
 
 #[test]
-fn new_child_missing_its_ready_deadline_is_group_killed_and_rolled_back() {
+fn new_child_missing_its_ready_deadline_is_stopped_gracefully_and_rolled_back() {
     let mut h = Harness::serving();
     h.reload();
     h.spawned(2, 200);
@@ -473,11 +523,21 @@ fn new_child_missing_its_ready_deadline_is_group_killed_and_rolled_back() {
             }),
             tell(ManagerMessage::ReloadFailed(outcome.clone())),
             rep(Report::ReloadFinished(outcome)),
+            term(2, 200),
+            stopping(2, 200, None),
+        ],
+        "it may have accepted connections already: the stop signal, not SIGKILL"
+    );
+    // It ignores the stop signal: the drain timeout kills it.
+    let a = h.advance(secs(30));
+    assert_eq!(
+        a,
+        vec![
             kill9(2, 200),
             rep(Report::Killed {
                 gen: 2,
                 pid: 200,
-                reason: KillReason::ReadyTimeout
+                reason: KillReason::DrainTimeout
             }),
         ]
     );
@@ -817,7 +877,8 @@ fn unkillable_first_generation_is_given_up_and_replaced() {
     // leave handoff with nothing serving and nothing scheduled.
     let (mut h, _) = Harness::new(Policy::default());
     h.spawned(1, 100);
-    h.fire(); // ready timeout → SIGKILL
+    h.fire(); // ready timeout → stop signal
+    h.fire(); // drain timeout → SIGKILL
     let a = h.fire(); // reap deadline
     assert_eq!(
         a,
@@ -881,6 +942,7 @@ fn a_stop_request_is_answered_at_once_and_again_with_the_exit_code() {
     let a = h.ev(Event::Shutdown {
         signal: T,
         request: Some(9),
+        force: false,
     });
     assert_eq!(a[0], reply(9, Outcome::Stopping));
     assert!(!Outcome::Stopping.is_final());
@@ -923,28 +985,54 @@ fn shutdown_past_the_drain_timeout_kills_and_exits_forced() {
 }
 
 #[test]
-fn second_shutdown_signal_kills_at_once() {
+fn a_repeated_sigterm_or_stop_is_one_graceful_stop() {
+    // timeout(1) sends SIGTERM twice; `handoff stop` may be run twice.
     let mut h = Harness::serving();
     h.shutdown();
-    let a = h.shutdown();
+    assert_eq!(h.shutdown(), vec![]);
+    let a = h.ev(Event::Shutdown {
+        signal: T,
+        request: Some(3),
+        force: false,
+    });
+    assert_eq!(a, vec![reply(3, Outcome::Stopping)]);
+    let a = h.exited(100, 0);
     assert_eq!(
-        a,
+        a[a.len() - 2..],
+        [reply(3, Outcome::Stopped { code: 0 }), Action::Exit(0)]
+    );
+}
+
+#[test]
+fn a_second_interrupt_or_stop_force_kills_at_once() {
+    let mut h = Harness::serving();
+    h.interrupt();
+    assert_eq!(
+        h.interrupt(),
         vec![
             rep(Report::ShutdownStarted {
-                signal: T,
-                forced: true
+                signal: Signal::INT,
+                forced: true,
             }),
             kill9(1, 100),
             rep(Report::Killed {
                 gen: 1,
                 pid: 100,
-                reason: KillReason::Forced
+                reason: KillReason::Forced,
             }),
         ]
     );
-    assert_eq!(h.shutdown(), vec![], "a third signal changes nothing");
+    assert_eq!(h.interrupt(), vec![], "a third changes nothing");
+    assert_eq!(h.force_stop(), vec![]);
     let a = h.killed(100, Signal::KILL);
     assert_eq!(a.last(), Some(&Action::Exit(exit_code::FORCED)));
+
+    let mut h = Harness::serving();
+    let a = h.force_stop();
+    assert!(
+        a.contains(&kill9(1, 100)),
+        "--force kills even first: {a:?}"
+    );
 }
 
 #[test]
@@ -1038,7 +1126,7 @@ fn forced_shutdown_while_spawning_still_answers_the_reload_waiter() {
     let mut h = Harness::serving();
     h.reload_waiting(6);
     h.shutdown();
-    h.shutdown();
+    h.force_stop();
     let a = h.spawned(2, 200);
     let outcome = failed_outcome(2, FailReason::Shutdown, Duration::ZERO, None);
     assert!(a.contains(&reply(6, Outcome::Reload(outcome))), "{a:?}");
@@ -1081,7 +1169,7 @@ fn requests_reaching_an_exited_supervisor_are_still_answered() {
 fn unkillable_group_does_not_block_shutdown_forever() {
     let mut h = Harness::serving();
     h.shutdown();
-    h.shutdown();
+    h.force_stop();
     let a = h.advance(secs(5));
     assert_eq!(
         a,
@@ -1133,7 +1221,7 @@ fn extend_timeout_pushes_the_ready_deadline() {
         "60 s passed, but the deadline moved to 80 s"
     );
     let a = h.advance(secs(20));
-    assert!(a.contains(&kill9(2, 200)), "{a:?}");
+    assert!(a.contains(&term(2, 200)), "{a:?}");
 }
 
 #[test]
@@ -1368,6 +1456,7 @@ mod model {
         Reload,
         ReloadWaiting,
         Shutdown,
+        Interrupt,
         Spawn,
         SpawnFail,
         Ready(u8),
@@ -1381,6 +1470,7 @@ mod model {
             2 => Just(Step::Reload),
             1 => Just(Step::ReloadWaiting),
             1 => Just(Step::Shutdown),
+            1 => Just(Step::Interrupt),
             4 => Just(Step::Spawn),
             1 => Just(Step::SpawnFail),
             4 => any::<u8>().prop_map(Step::Ready),
@@ -1412,6 +1502,7 @@ mod model {
                         h.reload_waiting(next_request)
                     }
                     Step::Shutdown => h.shutdown(),
+                    Step::Interrupt => h.interrupt(),
                     Step::Spawn if !spawning.is_empty() => {
                         let gen = spawning.remove(0);
                         next_pid += 1;
