@@ -312,6 +312,15 @@ impl Driver {
                 let count = self.restore_listeners(gen);
                 self.handle(Event::ListenersRestored { count });
             }
+            Action::CloseListeners => {
+                for l in self.listeners.iter().filter(|l| !l.inherited) {
+                    if let Some(f) = &l.unix_file {
+                        f.remove();
+                    }
+                }
+                // Dropping closes handoff's copy; the draining generations hold theirs.
+                self.listeners.retain(|l| l.inherited);
+            }
             Action::Probe { gen, pid } => self.run_probe(gen, pid),
             Action::StopProbe { gen } => {
                 // Not yet reaped (the reaper removes it from `probes`): safe to signal.

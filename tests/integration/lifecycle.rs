@@ -77,6 +77,33 @@ fn restart_never_ends_handoff_when_the_child_is_never_ready() {
 }
 
 #[test]
+fn once_nothing_accepts_during_a_stop_new_connections_are_refused_at_once() {
+    // The child stops accepting and closes its listeners at once, then drains for 5 s. New
+    // clients must be refused now, not queued on handoff's copy of the socket for the whole
+    // drain and then reset.
+    let mut h = with_fixture(
+        &["--drain-timeout", "60s"],
+        &["--close-listeners-at-stop", "--stop-delay", "5"],
+    );
+    h.ready(1);
+    let addr = h.addr(0);
+    h.signal(libc::SIGTERM);
+    h.wait("stopping", &[("gen", 1.into())]);
+    wait_until(
+        "a new connection is refused",
+        Duration::from_secs(3),
+        || {
+            matches!(
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+            )
+        },
+    );
+    assert!(alive(h.pid), "still draining");
+    assert_eq!(h.wait_exit(WAIT), 0);
+}
+
+#[test]
 fn drain_timeout_on_shutdown_exits_3() {
     let mut h = with_fixture(&["--drain-timeout", "500ms"], &["--ignore-term"]);
     h.ready(1);

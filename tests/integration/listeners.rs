@@ -77,11 +77,11 @@ fn ipv6_udp_and_names_reach_the_child() {
     assert!(l0["addr"].as_str().expect("addr").starts_with("[::1]:"));
     let l1 = h.wait("listening", &[("index", 1.into())]);
     assert_eq!(l1["kind"], "udp");
-    let fds = fds(pid);
-    assert_eq!(
-        fds.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-        vec![0, 1, 2, 3, 4]
-    );
+    // Read once exec has settled (the dynamic loader holds files open for a moment).
+    let numbers = || fds(pid).iter().map(|(n, _)| *n).collect::<Vec<_>>();
+    wait_until("the child's fds to be 0..=4", WAIT, || {
+        numbers() == vec![0, 1, 2, 3, 4]
+    });
 }
 
 #[test]

@@ -213,6 +213,12 @@ pub enum Action {
     /// The probe of `gen` still running is no longer needed: kill it (its result will be
     /// ignored).
     StopProbe { gen: GenId },
+    /// handoff is stopping and no generation will accept any more: close handoff's own copy
+    /// of the listeners it bound (and remove their socket files), so that new connections
+    /// are refused as soon as the draining generations close theirs, instead of waiting in a
+    /// queue nobody will serve. Sockets from a socket unit stay: the service manager keeps
+    /// them for the next start.
+    CloseListeners,
     /// Tell handoff's own service manager (systemd's `NOTIFY_SOCKET`), if it has one.
     Tell(ManagerMessage),
     /// Answer control request `request`.
@@ -782,6 +788,9 @@ impl Supervisor {
                 Phase::Spawning | Phase::Draining { .. } | Phase::Killing { .. } => {}
             }
         }
+        // After the stop signals: no generation is started any more, so nobody needs
+        // handoff's copy of the sockets.
+        self.actions.push_back(Action::CloseListeners);
     }
 
     /// Kill every generation's process group now.

@@ -852,6 +852,7 @@ fn restart_never_exits_with_the_childs_status() {
                 forced: false
             }),
             tell(ManagerMessage::Stopping),
+            Action::CloseListeners,
             Action::Exit(7),
         ]
     );
@@ -915,6 +916,7 @@ fn shutdown_drains_and_exits_zero() {
             tell(ManagerMessage::Stopping),
             term(1, 100),
             stopping(1, 100, None),
+            Action::CloseListeners,
         ]
     );
     let a = h.exited(100, 0);
@@ -1062,6 +1064,7 @@ fn shutdown_during_a_reload_stops_both_and_fails_the_reload() {
             stopping(1, 100, None),
             term(2, 200),
             stopping(2, 200, None),
+            Action::CloseListeners,
         ]
     );
     assert_eq!(
