@@ -89,7 +89,7 @@ pub enum Sub {
 pub struct TargetArgs {
     /// Its control socket [default: $RUNTIME_DIRECTORY/handoff.sock, else
     /// $XDG_RUNTIME_DIR/handoff.sock, else /run/handoff.sock (root) or /tmp/handoff-UID.sock]
-    #[arg(long, value_name = "PATH", env = "HANDOFF_CONTROL")]
+    #[arg(long, value_name = "PATH", env = "HANDOFF_CONTROL", value_parser = parse_control)]
     pub control: Option<PathBuf>,
     /// Its pid file (written with --pid-file).
     #[arg(long, value_name = "PATH", conflicts_with = "control")]
@@ -136,7 +136,7 @@ pub struct RunArgs {
     /// Control socket for `handoff reload|status|stop` (mode 0600; same user or root).
     /// `none` disables it. [default: see `handoff status --help`; if another handoff already
     /// uses the default, this one runs without a path socket and warns]
-    #[arg(long, value_name = "PATH", env = "HANDOFF_CONTROL")]
+    #[arg(long, value_name = "PATH", env = "HANDOFF_CONTROL", value_parser = parse_control)]
     pub control: Option<PathBuf>,
 
     /// Write handoff's pid to this file (atomically; removed at exit). Refuses to start if
@@ -232,6 +232,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(d)
+}
+
+/// `--control PATH` (or `none`): a unix socket path must fit `sun_path`, said as clearly as
+/// for a `--listen unix:` path.
+fn parse_control(s: &str) -> Result<PathBuf, String> {
+    if s == "none" {
+        return Ok(PathBuf::from(s));
+    }
+    handoff_core::listen::parse_unix(s)
+        .map_err(|e| e.replace("unix socket path", "control socket path"))
 }
 
 #[cfg(test)]

@@ -377,8 +377,17 @@ impl Driver {
             self.child.creds.clone(),
         )
         .map_err(|e| format!("cannot prepare {}: {e}", self.child.program.display()))?;
-        let pid = spawn::spawn(plan)
-            .map_err(|e| format!("cannot execute {}: {e}", self.child.program.display()))?;
+        let pid = spawn::spawn(plan).map_err(|e| {
+            let program = self.child.program.display();
+            match spawn::missing_interpreter(&self.child.program) {
+                // The script was replaced since start-up (a deploy): say what is really missing.
+                Some(i) if e.kind() == std::io::ErrorKind::NotFound => format!(
+                    "cannot execute {program}: its interpreter {} (named on its #! line) is missing",
+                    i.display()
+                ),
+                _ => format!("cannot execute {program}: {e}"),
+            }
+        })?;
         if let Err(e) = self.intake.add(gen, sock, pid) {
             warn!("cannot watch the notify socket of generation {gen}: {e}");
         }

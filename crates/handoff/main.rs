@@ -194,6 +194,14 @@ fn client(sub: Sub) -> Result<i32, Error> {
 
 fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i32, Error> {
     // Validate everything before anything starts: nothing half-started on bad input.
+    if let Some((i, j)) = handoff_core::listen::find_duplicate(&cli.listen) {
+        return Err(Error::Usage(format!(
+            "--listen {} is given twice (as --listen number {} and {}); give each address once",
+            cli.listen[j].addr,
+            i + 1,
+            j + 1
+        )));
+    }
     let program = resolve_program(&cli.command[0]).map_err(Error::Start)?;
     let somax = listeners::somaxconn();
     let backlog = cli

@@ -161,3 +161,40 @@ fn a_runtime_directory_too_long_for_later_notify_sockets_is_refused_at_start() {
         "a runtime directory was left behind"
     );
 }
+
+#[test]
+fn an_address_given_twice_says_so() {
+    // It used to say "another process listens there".
+    let (code, err, _d) = run_bad(&["--listen", "127.0.0.1:18091", "--listen", "127.0.0.1:18091"]);
+    assert_eq!(code, 2);
+    one_line(&err, "--listen 127.0.0.1:18091 is given twice");
+}
+
+#[test]
+fn a_too_long_control_path_is_explained_like_a_listener_path() {
+    // It used to say "path must be shorter than SUN_LEN", from deep inside std.
+    let long = format!("/tmp/{}.sock", "c".repeat(120));
+    let (code, err, _d) = run_bad(&["--listen", "127.0.0.1:0", "--control", &long]);
+    assert_eq!(code, 2);
+    one_line(&err, "control socket path is 130 bytes, the limit is 107");
+}
+
+#[test]
+fn a_script_whose_interpreter_is_missing_names_the_interpreter() {
+    // exec fails with ENOENT, which used to read "No such file or directory" about the script.
+    let dir = TempDir::new();
+    let script = dir.path().join("server.py");
+    std::fs::write(&script, "#!/nonexistent/bin/python3\nprint('hi')\n").expect("write");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--"])
+        .arg(&script)
+        .output()
+        .expect("run handoff");
+    assert_eq!(out.status.code(), Some(1));
+    one_line(
+        &String::from_utf8_lossy(&out.stderr),
+        "its interpreter /nonexistent/bin/python3 (named on its #! line) is missing",
+    );
+}

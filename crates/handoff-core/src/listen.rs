@@ -143,7 +143,8 @@ fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
         .then(|| &s[prefix.len()..])
 }
 
-fn parse_unix(path: &str) -> Result<PathBuf, String> {
+/// A unix socket path (for a listener or the control socket), checked to fit `sun_path`.
+pub fn parse_unix(path: &str) -> Result<PathBuf, String> {
     if path.is_empty() {
         return Err("empty unix socket path (expected unix:/path/app.sock)".into());
     }
@@ -158,6 +159,20 @@ fn parse_unix(path: &str) -> Result<PathBuf, String> {
         ));
     }
     Ok(PathBuf::from(path))
+}
+
+/// The first address given twice in `specs` (by index), other than port 0, which means "any
+/// free port" and may well be asked for twice.
+pub fn find_duplicate(specs: &[ListenSpec]) -> Option<(usize, usize)> {
+    let fixed = |a: &ListenAddr| match a {
+        ListenAddr::Tcp(t) | ListenAddr::Udp(t) => t.port != 0,
+        ListenAddr::Unix(_) => true,
+    };
+    (0..specs.len()).find_map(|j| {
+        (0..j)
+            .find(|&i| fixed(&specs[i].addr) && specs[i].addr == specs[j].addr)
+            .map(|i| (i, j))
+    })
 }
 
 const HOST_PORT: &str = "expected HOST:PORT, e.g. 127.0.0.1:8080";
@@ -720,5 +735,34 @@ mod tests {
             let m = ListenSpec::parse(&format!(":{port}")).unwrap_err().to_string();
             prop_assert!(m.contains("out of range"), "{}", m);
         }
+    }
+
+    #[test]
+    fn the_same_address_twice_is_found_but_not_port_0() {
+        let specs = |v: &[&str]| -> Vec<ListenSpec> {
+            v.iter().map(|a| a.parse().expect("valid")).collect()
+        };
+        assert_eq!(
+            find_duplicate(&specs(&["127.0.0.1:8080", "unix:/a", "127.0.0.1:8080"])),
+            Some((0, 2))
+        );
+        assert_eq!(
+            find_duplicate(&specs(&["unix:/a", "b=unix:/a"])),
+            Some((0, 1)),
+            "names do not make an address different"
+        );
+        assert_eq!(
+            find_duplicate(&specs(&[
+                "127.0.0.1:0",
+                "127.0.0.1:0",
+                "udp://127.0.0.1:8080"
+            ])),
+            None
+        );
+        assert_eq!(
+            find_duplicate(&specs(&["127.0.0.1:8080", "udp://127.0.0.1:8080"])),
+            None,
+            "TCP and UDP on one port are two sockets"
+        );
     }
 }

@@ -46,6 +46,12 @@ pub fn resolve_program(program: &OsStr) -> Result<PathBuf, String> {
                 io::Error::last_os_error()
             ));
         }
+        if let Some(i) = missing_interpreter(p) {
+            return Err(format!(
+                "cannot run {shown}: its interpreter {} (named on its #! line) is missing or not executable",
+                i.display()
+            ));
+        }
         Ok(())
     };
     if program.as_bytes().contains(&b'/') {
@@ -373,4 +379,22 @@ unsafe fn child_exec(plan: &mut SpawnPlan) -> io::Result<()> {
         );
         Err(io::Error::last_os_error())
     }
+}
+
+/// The interpreter named by `program`'s `#!` line, when it is missing or not executable: then
+/// exec fails with ENOENT, which would otherwise read as if `program` itself were missing.
+pub fn missing_interpreter(program: &Path) -> Option<PathBuf> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(program).ok()?.read(&mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = line.split(|&b| b == b'\n').next()?;
+    let interp = line
+        .split(|b| b.is_ascii_whitespace())
+        .find(|w| !w.is_empty())?;
+    let interp = PathBuf::from(OsStr::from_bytes(interp));
+    let c = CString::new(interp.as_os_str().as_bytes()).ok()?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let ok = unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0 && interp.is_file();
+    (!ok).then_some(interp)
 }
