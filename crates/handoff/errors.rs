@@ -14,6 +14,8 @@ pub enum Error {
     /// Bad configuration or a failed start-up step (a listener that cannot be bound, a
     /// command that cannot be run, ...). Nothing was started.
     Start(String),
+    /// The command or the user to run it as cannot be used. Nothing was started.
+    Resolve(handoff_sys::spawn::ResolveError),
     /// A subcommand could not reach the running handoff, or it refused the request.
     Control(String),
     /// Writing our own output failed (`handoff man`, `completions`).
@@ -24,7 +26,9 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Usage(_) => exit_code::USAGE,
-            Self::Start(_) | Self::Control(_) | Self::Output(_) => exit_code::FAILURE,
+            Self::Start(_) | Self::Resolve(_) | Self::Control(_) | Self::Output(_) => {
+                exit_code::FAILURE
+            }
         }
     }
 }
@@ -34,6 +38,7 @@ impl fmt::Display for Error {
         match self {
             Self::Usage(m) => write!(f, "{m} (see handoff --help)"),
             Self::Start(m) | Self::Control(m) => f.write_str(m),
+            Self::Resolve(e) => e.fmt(f),
             Self::Output(e) => write!(f, "cannot write the output: {e}"),
         }
     }

@@ -202,7 +202,7 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
             j + 1
         )));
     }
-    let program = resolve_program(&cli.command[0]).map_err(Error::Start)?;
+    let program = resolve_program(&cli.command[0]).map_err(Error::Resolve)?;
     let somax = listeners::somaxconn();
     let backlog = cli
         .backlog
@@ -210,7 +210,7 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
     let euid = handoff_sys::euid();
     let (creds, base_env): (Option<Creds>, _) = match &cli.user {
         Some(u) => {
-            let (c, name, home) = resolve_creds(u, cli.group.as_deref()).map_err(Error::Start)?;
+            let (c, name, home) = resolve_creds(u, cli.group.as_deref()).map_err(Error::Resolve)?;
             if euid != 0 && c.uid != euid {
                 return Err(Error::Start(format!(
                     "cannot run the child as {u}: handoff is not running as root"
@@ -295,7 +295,7 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
         let listeners = guard.into_inner();
         for (i, l) in listeners.iter().enumerate() {
             tracing::info!(event = "listening", index = i, fd = 3 + i, name = %l.name, addr = %l.local,
-                kind = l.kind, inherited = l.inherited,
+                kind = l.kind.as_str(), inherited = l.inherited,
                 "listening on {} (fd {} in the child, name {}{})", l.local, 3 + i, l.name,
                 if l.inherited { ", from the service manager" } else { "" });
         }
@@ -414,7 +414,7 @@ fn parse_owner(s: &str) -> Result<(Option<u32>, Option<u32>), String> {
     let uid = if u.is_empty() {
         None
     } else {
-        Some(resolve_creds(u, None)?.0.uid)
+        Some(resolve_creds(u, None).map_err(|e| e.to_string())?.0.uid)
     };
     let gid = if g.is_empty() {
         None

@@ -85,7 +85,9 @@ pub fn json(snap: &Snapshot, listeners: &[Listener], started: Instant, now: Inst
     let listeners: Vec<Value> = listeners
         .iter()
         .enumerate()
-        .map(|(i, l)| json!({"fd": 3 + i, "name": l.name, "addr": l.local, "kind": l.kind}))
+        .map(
+            |(i, l)| json!({"fd": 3 + i, "name": l.name, "addr": l.local, "kind": l.kind.as_str()}),
+        )
         .collect();
     let last = snap.last_reload.as_ref().map(|(o, at)| {
         json!({

@@ -85,16 +85,7 @@ fn environment_is_the_socket_activation_contract() {
     use std::os::unix::fs::FileTypeExt;
     assert!(meta.file_type().is_socket());
     // Its own process group, so that a forking server can be stopped as a whole.
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let pgrp: u32 = stat
-        .rsplit_once(')')
-        .expect(")")
-        .1
-        .split_whitespace()
-        .nth(2)
-        .expect("pgrp")
-        .parse()
-        .expect("num");
+    let pgrp = handoff_sys::procfs::stat(pid).expect("stat").pgrp;
     assert_eq!(pgrp, pid);
 }
 

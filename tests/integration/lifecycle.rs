@@ -206,19 +206,7 @@ fn no_zombies_after_many_reloads() {
     let kids: Vec<u32> = std::fs::read_dir("/proc")
         .expect("proc")
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit_once(')')?
-                        .1
-                        .split_whitespace()
-                        .nth(1)?
-                        .parse::<u32>()
-                        .ok()
-                })
-                == Some(h.pid)
-        })
+        .filter(|&p| handoff_sys::procfs::stat(p).is_some_and(|s| s.ppid == h.pid))
         .collect();
     let serving = h.ready(6);
     assert_eq!(kids, vec![serving], "children of handoff");

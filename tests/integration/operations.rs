@@ -662,12 +662,7 @@ fn a_burst_of_writes_to_a_watched_file_gives_exactly_one_reload() {
 
 /// Host pids of the children of `pid`.
 fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+    handoff_sys::procfs::stat(pid).is_some_and(|s| s.state == 'Z')
 }
 
 #[test]

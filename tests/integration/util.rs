@@ -413,16 +413,7 @@ impl Drop for Handoff {
 
 /// Whether `pid` exists and is not a zombie.
 pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => {
-            let state = s
-                .rsplit_once(')')
-                .map(|(_, r)| r.trim_start())
-                .unwrap_or("");
-            !state.starts_with('Z') && !state.starts_with('X')
-        }
-        Err(_) => false,
-    }
+    handoff_sys::procfs::is_running(pid)
 }
 
 /// The direct children of `pid` (every thread's).
@@ -442,18 +433,10 @@ pub fn children_of(pid: u32) -> Vec<u32> {
 
 /// CPU time `pid` has used so far (user + system), in seconds, from /proc/PID/stat.
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
-    let rest = s.rsplit_once(')').expect("stat format").1;
-    // After the command: state(0) ppid(1) ... utime(11) stime(12), in clock ticks.
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .map(|x| x.parse().expect("tick count"))
-        .collect();
+    let st = handoff_sys::procfs::stat(pid).expect("read stat");
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (f[0] + f[1]) as f64 / hz
+    (st.utime + st.stime) as f64 / hz
 }
 
 /// CPU time `pid` uses during the next `window` (a measurement, not a synchronisation).
@@ -535,15 +518,7 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
         return vec![];
     };
     d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let r = s.rsplit_once(')')?.1.to_string();
-                    r.split_whitespace().nth(2)?.parse::<u32>().ok()
-                })
-                == Some(pgid)
-        })
+        .filter(|&p| handoff_sys::procfs::stat(p).is_some_and(|s| s.pgrp == pgid))
         .collect()
 }
 

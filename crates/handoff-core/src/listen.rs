@@ -25,9 +25,9 @@ pub struct ListenSpec {
 /// Where to listen.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ListenAddr {
-    Tcp(TcpAddr),
+    Tcp(InetAddr),
     /// Same host/port shape as TCP.
-    Udp(TcpAddr),
+    Udp(InetAddr),
     /// A filesystem path, absolute or relative to handoff's working directory.
     Unix(PathBuf),
 }
@@ -42,9 +42,9 @@ pub enum Host {
     Name(String),
 }
 
-/// A host and port.
+/// A host and port, for TCP and UDP alike.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TcpAddr {
+pub struct InetAddr {
     pub host: Host,
     /// 0 lets the OS pick a free port.
     pub port: u16,
@@ -178,7 +178,7 @@ pub fn find_duplicate(specs: &[ListenSpec]) -> Option<(usize, usize)> {
 const HOST_PORT: &str = "expected HOST:PORT, e.g. 127.0.0.1:8080";
 const BRACKETS: &str = "put IPv6 addresses in brackets, e.g. [::1]:8080";
 
-fn parse_host_port(s: &str) -> Result<TcpAddr, String> {
+fn parse_host_port(s: &str) -> Result<InetAddr, String> {
     if s.is_empty() {
         return Err(format!("missing host and port ({HOST_PORT})"));
     }
@@ -204,7 +204,7 @@ fn parse_host_port(s: &str) -> Result<TcpAddr, String> {
                 ))
             }
         };
-        return Ok(TcpAddr {
+        return Ok(InetAddr {
             host: Host::Ip(IpAddr::V6(ip)),
             port,
         });
@@ -226,7 +226,7 @@ fn parse_host_port(s: &str) -> Result<TcpAddr, String> {
         return Err(format!("too many ':' ({HOST_PORT}; {BRACKETS})"));
     }
     let port = parse_port(port)?;
-    Ok(TcpAddr {
+    Ok(InetAddr {
         host: parse_host(host)?,
         port,
     })
@@ -298,7 +298,7 @@ fn check_hostname(h: &str) -> Result<(), String> {
     Ok(())
 }
 
-impl fmt::Display for TcpAddr {
+impl fmt::Display for InetAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.host {
             Host::Ip(IpAddr::V4(ip)) => write!(f, "{ip}:{}", self.port),
@@ -364,10 +364,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn tcp(host: Host, port: u16) -> ListenAddr {
-        ListenAddr::Tcp(TcpAddr { host, port })
+        ListenAddr::Tcp(InetAddr { host, port })
     }
     fn udp(host: Host, port: u16) -> ListenAddr {
-        ListenAddr::Udp(TcpAddr { host, port })
+        ListenAddr::Udp(InetAddr { host, port })
     }
     fn ip(s: &str) -> Host {
         Host::Ip(s.parse().unwrap())

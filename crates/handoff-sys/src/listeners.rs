@@ -12,8 +12,27 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use handoff_core::listen::{Host, ListenAddr, ListenSpec, TcpAddr};
+use handoff_core::listen::{Host, InetAddr, ListenAddr, ListenSpec};
 use socket2::{Domain, SockAddr, Socket, Type};
+
+/// What kind of socket a listener is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Tcp,
+    Udp,
+    Unix,
+}
+
+impl Kind {
+    /// The name shown in logs and `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Unix => "unix",
+        }
+    }
+}
 
 /// A bound, listening socket.
 #[derive(Debug)]
@@ -25,7 +44,7 @@ pub struct Listener {
     /// A unix socket file handoff created, with its identity, to remove at exit.
     pub unix_file: Option<UnixFile>,
     /// `tcp`, `udp` or `unix`.
-    pub kind: &'static str,
+    pub kind: Kind,
     /// Received from handoff's own parent (a systemd socket unit) rather than bound.
     pub inherited: bool,
     /// How to bind it again (bound sockets only).
@@ -68,14 +87,14 @@ impl Listener {
         let addr = s.local_addr()?;
         let (kind, local) = if let Some(sa) = addr.as_socket() {
             if ty == Type::DGRAM {
-                ("udp", format!("udp://{sa}"))
+                (Kind::Udp, format!("udp://{sa}"))
             } else {
-                ("tcp", sa.to_string())
+                (Kind::Tcp, sa.to_string())
             }
         } else if let Some(p) = addr.as_pathname() {
-            ("unix", format!("unix:{}", p.display()))
+            (Kind::Unix, format!("unix:{}", p.display()))
         } else {
-            ("unix", "unix:(unnamed)".to_string())
+            (Kind::Unix, "unix:(unnamed)".to_string())
         };
         // CLOEXEC in handoff: only the spawn code passes copies on.
         // SAFETY: plain fcntl on an fd we own.
@@ -101,7 +120,7 @@ impl Listener {
     /// `shutdown()`, which acts on the socket shared by every generation (odoo#107539). The
     /// kernel then reports POLLHUP; a TCP socket also loses SO_ACCEPTCONN (and its port).
     pub fn is_broken(&self) -> bool {
-        if self.kind == "udp" {
+        if self.kind == Kind::Udp {
             return false;
         }
         let mut p = libc::pollfd {
@@ -175,9 +194,9 @@ impl Listener {
     /// The address in Server::Starter's `SERVER_STARTER_PORT` form (`HOST:PORT` or a path).
     pub fn starter_addr(&self) -> Option<String> {
         match self.kind {
-            "tcp" => Some(self.local.clone()),
-            "unix" => self.local.strip_prefix("unix:").map(str::to_string),
-            _ => None,
+            Kind::Tcp => Some(self.local.clone()),
+            Kind::Unix => self.local.strip_prefix("unix:").map(str::to_string),
+            Kind::Udp => None,
         }
     }
 }
@@ -409,7 +428,7 @@ pub fn bind_with(
                 name,
                 local,
                 unix_file: None,
-                kind: if udp { "udp" } else { "tcp" },
+                kind: if udp { Kind::Udp } else { Kind::Tcp },
                 inherited: false,
                 rebind: addr.map(|addr| Rebind::Inet {
                     addr,
@@ -429,7 +448,7 @@ pub fn bind_with(
                 name,
                 local: format!("unix:{}", path.display()),
                 unix_file: Some(file),
-                kind: "unix",
+                kind: Kind::Unix,
                 inherited: false,
                 rebind: Some(Rebind::Unix {
                     path: path.clone(),
@@ -442,7 +461,7 @@ pub fn bind_with(
     }
 }
 
-fn resolve(a: &TcpAddr) -> io::Result<Vec<(SocketAddr, Option<bool>)>> {
+fn resolve(a: &InetAddr) -> io::Result<Vec<(SocketAddr, Option<bool>)>> {
     // The bool is IPV6_V6ONLY, always set explicitly for IPv6 sockets so the result does not
     // depend on net.ipv6.bindv6only.
     Ok(match &a.host {
@@ -513,7 +532,7 @@ fn open_inet(
     Ok(sock)
 }
 
-fn bind_inet(a: &TcpAddr, udp: bool, backlog: i32) -> io::Result<(Socket, String, Option<bool>)> {
+fn bind_inet(a: &InetAddr, udp: bool, backlog: i32) -> io::Result<(Socket, String, Option<bool>)> {
     let mut last = None;
     for (addr, v6only) in resolve(a)? {
         let sock = match open_inet(addr, v6only, udp, backlog) {

@@ -36,7 +36,7 @@ pub fn parse_stat(s: &str) -> Option<Stat> {
 /// Whether `pid` exists and has not exited (a zombie has exited: only its parent has not
 /// collected it yet).
 pub fn is_running(pid: u32) -> bool {
-    stat(pid).is_some_and(|s| s.state != 'Z')
+    stat(pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
 }
 
 /// Whether `pid` is `ancestor` or one of its descendants, or in the process group

@@ -28,29 +28,100 @@ use std::process::{Command, Stdio};
 /// Room for `LISTEN_PID=` plus the largest pid (pid_max ≤ 2^22, but leave room for u64).
 const PID_SLOT: usize = "LISTEN_PID=".len() + 21;
 
+/// Why the command or the user to run it as cannot be used. Found before anything starts.
+#[derive(Debug)]
+pub enum ResolveError {
+    /// Not in `PATH` (a bare name).
+    NotFound {
+        program: String,
+    },
+    IsDirectory {
+        program: String,
+    },
+    NotExecutable {
+        program: String,
+        source: io::Error,
+    },
+    /// Its `#!` line names an interpreter that is missing: exec would fail with ENOENT.
+    MissingInterpreter {
+        program: String,
+        interpreter: PathBuf,
+    },
+    /// It cannot be read (a path given with a `/`).
+    Unreadable {
+        program: String,
+        source: io::Error,
+    },
+    NulByte {
+        what: String,
+    },
+    UnknownUser(String),
+    UnknownGroup(String),
+    /// The user or group database could not be read.
+    Lookup {
+        what: String,
+        source: nix::Error,
+    },
+}
+
+impl std::fmt::Display for ResolveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotFound { program } => write!(
+                f,
+                "command not found: {program} (not in PATH; give a path such as ./{program})"
+            ),
+            Self::IsDirectory { program } => write!(f, "cannot run {program}: it is a directory"),
+            Self::NotExecutable { program, source } => {
+                write!(f, "cannot run {program}: not executable ({source})")
+            }
+            Self::MissingInterpreter {
+                program,
+                interpreter,
+            } => write!(
+                f,
+                "cannot run {program}: its interpreter {} (named on its #! line) is missing or not executable",
+                interpreter.display()
+            ),
+            Self::Unreadable { program, source } => write!(f, "cannot run {program}: {source}"),
+            Self::NulByte { what } => write!(f, "{what} contains a NUL byte"),
+            Self::UnknownUser(u) => write!(f, "unknown user {u} (not in the user database)"),
+            Self::UnknownGroup(g) => write!(f, "unknown group {g} (not in the group database)"),
+            Self::Lookup { what, source } => write!(f, "cannot look up {what}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for ResolveError {}
+
 /// Find `program` the way a shell would (`PATH` unless it contains a `/`), and check that it
 /// is an executable file, so that "not found" is a clear error before anything starts.
-pub fn resolve_program(program: &OsStr) -> Result<PathBuf, String> {
+pub fn resolve_program(program: &OsStr) -> Result<PathBuf, ResolveError> {
     let shown = Path::new(program).display().to_string();
-    let check = |p: &Path| -> Result<(), String> {
-        let meta = std::fs::metadata(p).map_err(|e| format!("cannot run {shown}: {e}"))?;
+    let check = |p: &Path| -> Result<(), ResolveError> {
+        let program = shown.clone();
+        let meta = std::fs::metadata(p).map_err(|source| ResolveError::Unreadable {
+            program: program.clone(),
+            source,
+        })?;
         if meta.is_dir() {
-            return Err(format!("cannot run {shown}: it is a directory"));
+            return Err(ResolveError::IsDirectory { program });
         }
-        let c = CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| format!("cannot run {shown}: path contains a NUL byte"))?;
+        let c = CString::new(p.as_os_str().as_bytes()).map_err(|_| ResolveError::NulByte {
+            what: format!("the path {program}"),
+        })?;
         // SAFETY: c is a valid NUL-terminated string.
         if unsafe { libc::access(c.as_ptr(), libc::X_OK) } != 0 {
-            return Err(format!(
-                "cannot run {shown}: not executable ({})",
-                io::Error::last_os_error()
-            ));
+            return Err(ResolveError::NotExecutable {
+                program,
+                source: io::Error::last_os_error(),
+            });
         }
-        if let Some(i) = missing_interpreter(p) {
-            return Err(format!(
-                "cannot run {shown}: its interpreter {} (named on its #! line) is missing or not executable",
-                i.display()
-            ));
+        if let Some(interpreter) = missing_interpreter(p) {
+            return Err(ResolveError::MissingInterpreter {
+                program,
+                interpreter,
+            });
         }
         Ok(())
     };
@@ -61,7 +132,10 @@ pub fn resolve_program(program: &OsStr) -> Result<PathBuf, String> {
             p.to_path_buf()
         } else {
             std::env::current_dir()
-                .map_err(|e| format!("cannot run {shown}: {e}"))?
+                .map_err(|source| ResolveError::Unreadable {
+                    program: shown.clone(),
+                    source,
+                })?
                 .join(p)
         };
         return Ok(abs);
@@ -69,13 +143,16 @@ pub fn resolve_program(program: &OsStr) -> Result<PathBuf, String> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
     for dir in std::env::split_paths(&path) {
         let cand = dir.join(program);
-        if cand.is_file() && check(&cand).is_ok() {
-            return Ok(cand);
+        if cand.is_file() {
+            match check(&cand) {
+                Ok(()) => return Ok(cand),
+                // The shell would run it and fail the same way: say why now.
+                Err(e @ ResolveError::MissingInterpreter { .. }) => return Err(e),
+                Err(_) => {}
+            }
         }
     }
-    Err(format!(
-        "command not found: {shown} (not in PATH; give a path such as ./{shown})"
-    ))
+    Err(ResolveError::NotFound { program: shown })
 }
 
 /// The identity a child runs as (`--user`/`--group`), resolved before any fork.
@@ -88,26 +165,37 @@ pub struct Creds {
 }
 
 /// Resolve `--user` (name or uid) and `--group` (name or gid) through the user database.
-pub fn resolve_creds(user: &str, group: Option<&str>) -> Result<(Creds, String, PathBuf), String> {
+pub fn resolve_creds(
+    user: &str,
+    group: Option<&str>,
+) -> Result<(Creds, String, PathBuf), ResolveError> {
     use nix::unistd::{Gid, Group, Uid, User};
     let u = match user.parse::<u32>() {
         Ok(n) => User::from_uid(Uid::from_raw(n)),
         Err(_) => User::from_name(user),
     }
-    .map_err(|e| format!("cannot look up user {user}: {e}"))?
-    .ok_or_else(|| format!("unknown user {user} (not in the user database)"))?;
+    .map_err(|source| ResolveError::Lookup {
+        what: format!("user {user}"),
+        source,
+    })?
+    .ok_or_else(|| ResolveError::UnknownUser(user.to_string()))?;
     let gid = match group {
         None => u.gid.as_raw(),
         Some(g) => match g.parse::<u32>() {
             Ok(n) => n,
             Err(_) => Group::from_name(g)
-                .map_err(|e| format!("cannot look up group {g}: {e}"))?
-                .ok_or_else(|| format!("unknown group {g} (not in the group database)"))?
+                .map_err(|source| ResolveError::Lookup {
+                    what: format!("group {g}"),
+                    source,
+                })?
+                .ok_or_else(|| ResolveError::UnknownGroup(g.to_string()))?
                 .gid
                 .as_raw(),
         },
     };
-    let cname = CString::new(u.name.as_bytes()).map_err(|_| "bad user name".to_string())?;
+    let cname = CString::new(u.name.as_bytes()).map_err(|_| ResolveError::NulByte {
+        what: format!("the user name {}", u.name),
+    })?;
     let mut groups: Vec<u32> = nix::unistd::getgrouplist(&cname, Gid::from_raw(gid))
         .map(|v| v.into_iter().map(|g| g.as_raw()).collect())
         .unwrap_or_else(|_| vec![gid]);
