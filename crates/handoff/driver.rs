@@ -353,6 +353,7 @@ impl Driver {
     }
 
     fn spawn(&mut self, gen: GenId) -> Result<Pid, String> {
+        self.recreate_deleted_files(gen);
         let sock = NotifySocket::bind(&self.runtime_dir, gen)
             .map_err(|e| format!("cannot create notify socket: {e}"))?;
         let starter: Vec<Option<String>> =
@@ -413,6 +414,23 @@ impl Driver {
             }
         }
         restored
+    }
+
+    /// A unix socket file deleted from under handoff (a cleanup job, a deploy script) makes
+    /// the listener unreachable by its path. Before a generation starts, bind it again: the
+    /// new generation gets the new socket (the old ones keep theirs until they drain).
+    fn recreate_deleted_files(&mut self, gen: GenId) {
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            if !l.file_missing() {
+                continue;
+            }
+            match l.restore() {
+                Ok(()) => warn!(event = "listener_restored", gen, index = i, addr = %l.local,
+                    "the socket file of {} was deleted or replaced; bound it again for generation {gen}", l.local),
+                Err(e) => warn!(event = "listener_broken", gen, index = i, addr = %l.local,
+                    "the socket file of {} was deleted or replaced and cannot be bound again: {e}", l.local),
+            }
+        }
     }
 
     fn run_probe(&mut self, gen: GenId, pid: Pid) {

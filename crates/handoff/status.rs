@@ -85,9 +85,13 @@ pub fn json(snap: &Snapshot, listeners: &[Listener], started: Instant, now: Inst
     let listeners: Vec<Value> = listeners
         .iter()
         .enumerate()
-        .map(
-            |(i, l)| json!({"fd": 3 + i, "name": l.name, "addr": l.local, "kind": l.kind.as_str()}),
-        )
+        .map(|(i, l)| {
+            json!({
+                "fd": 3 + i, "name": l.name, "addr": l.local, "kind": l.kind.as_str(),
+                // Its socket file was deleted: unreachable by path until the next reload.
+                "file_missing": l.file_missing(),
+            })
+        })
         .collect();
     let last = snap.last_reload.as_ref().map(|(o, at)| {
         json!({
@@ -135,9 +139,14 @@ pub fn text(v: &Value) -> String {
     }
     let _ = writeln!(out, "listeners:");
     for l in v["listeners"].as_array().into_iter().flatten() {
+        let missing = if l["file_missing"] == true {
+            "  (socket file deleted: bound again at the next reload)"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
-            "  fd {}  {:<8} {}",
+            "  fd {}  {:<8} {}{missing}",
             l["fd"],
             l["name"].as_str().unwrap_or(""),
             l["addr"].as_str().unwrap_or("")

@@ -199,3 +199,31 @@ fn a_child_shrinking_the_backlog_does_not_shrink_it_for_the_next_generation() {
         "generation 2 got the backlog generation 1 set"
     );
 }
+
+#[test]
+fn a_deleted_unix_socket_file_is_reported_and_bound_again_at_the_next_reload() {
+    use std::io::{Read, Write};
+    let b = handoff();
+    let sock = b.dir().join("app.sock");
+    let h = b
+        .arg("--listen")
+        .arg(format!("unix:{}", sock.display()))
+        .args(["--", "python3", &fixture()])
+        .start();
+    h.ready(1);
+    std::fs::remove_file(&sock).expect("delete the socket file"); // a cleanup job, say
+    let (code, out, err) = h.cmd(&["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let st: serde_json::Value = serde_json::from_str(&out).expect("status json");
+    assert_eq!(st["listeners"][0]["file_missing"], true, "{st}");
+    h.reload();
+    h.ready(2);
+    h.wait("listener_restored", &[("gen", 2.into())]);
+    let mut c = UnixStream::connect(&sock).expect("the path works again");
+    c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).expect("read");
+    let body = resp.split_once("\r\n\r\n").expect("response").1;
+    assert_eq!(json_gen(body), Some(2), "{resp}");
+}

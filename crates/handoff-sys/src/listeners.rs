@@ -168,6 +168,12 @@ impl Listener {
         }
     }
 
+    /// Whether this unix listener's socket file was deleted (or replaced) from under handoff:
+    /// clients can no longer reach it by its path. [`Listener::restore`] binds it again.
+    pub fn file_missing(&self) -> bool {
+        self.unix_file.as_ref().is_some_and(|f| !f.is_ours())
+    }
+
     /// Call listen() again with the backlog handoff bound this listener with. A child
     /// sharing the socket may call listen(fd, 2) on it (some servers call listen() on the
     /// socket they are given), which shrinks the accept queue for every later generation
@@ -344,11 +350,15 @@ impl UnixFile {
     /// unlink() never follows a symlink: at worst, a name someone swapped in meanwhile in
     /// that directory (who could remove it as well) is removed.
     pub fn remove(&self) {
-        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
-            if m.dev() == self.dev && m.ino() == self.ino {
-                let _ = std::fs::remove_file(&self.path);
-            }
+        if self.is_ours() {
+            let _ = std::fs::remove_file(&self.path);
         }
+    }
+
+    /// Whether the path still names the socket handoff created (not deleted, not replaced).
+    pub fn is_ours(&self) -> bool {
+        std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino)
     }
 }
 
