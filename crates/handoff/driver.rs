@@ -336,7 +336,12 @@ impl Driver {
             Action::Reply { request, outcome } => {
                 let line = status::reply_line(&outcome, || {
                     let now = Instant::now();
-                    status::json(&self.sup.snapshot(now), &self.listeners, self.started, now)
+                    let about = status::About {
+                        listeners: &self.listeners,
+                        started: self.started,
+                        command: &self.child.argv,
+                    };
+                    status::json(&self.sup.snapshot(now), &about, now)
                 });
                 let tx = if outcome.is_final() {
                     self.requests.remove(&request)

@@ -131,7 +131,12 @@ fn client(sub: Sub) -> Result<i32, Error> {
                 let text = status::text(&v["status"]);
                 say(text.trim_end());
             }
-            Ok(0)
+            // A probe as it stands, as `systemctl status` is: 0 only when a generation serves.
+            Ok(if v["status"]["serving"].is_null() {
+                exit_code::NOT_SERVING
+            } else {
+                0
+            })
         }
         Sub::Completions { shell } => {
             use clap::CommandFactory;

@@ -67,8 +67,32 @@ pub fn reply_line(outcome: &Outcome, status: impl FnOnce() -> Value) -> String {
     v.to_string()
 }
 
+/// What `status` says of handoff itself, besides the state machine.
+pub struct About<'a> {
+    pub listeners: &'a [Listener],
+    pub started: Instant,
+    /// The child's command line.
+    pub command: &'a [std::ffi::OsString],
+}
+
+/// The one word for where handoff stands: `serving`, `starting` (the first generation, or a
+/// replacement, is on its way), `restarting` (in the restart back-off: a crash loop when
+/// `failures_in_row` > 1), `stopping`.
+pub fn overall_state(snap: &Snapshot) -> &'static str {
+    if snap.shutting_down {
+        "stopping"
+    } else if snap.serving.is_some() {
+        "serving"
+    } else if snap.next_restart.is_some() {
+        "restarting"
+    } else {
+        "starting"
+    }
+}
+
 /// `status --json`.
-pub fn json(snap: &Snapshot, listeners: &[Listener], started: Instant, now: Instant) -> Value {
+pub fn json(snap: &Snapshot, about: &About, now: Instant) -> Value {
+    let (listeners, started) = (about.listeners, about.started);
     let gens: Vec<Value> = snap
         .generations
         .iter()
@@ -102,8 +126,22 @@ pub fn json(snap: &Snapshot, listeners: &[Listener], started: Instant, now: Inst
             "ago_s": tenths(now.saturating_duration_since(*at)),
         })
     });
+    let command: Vec<String> = about
+        .command
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     json!({
         "pid": std::process::id(),
+        "version": crate::VERSION,
+        "state": overall_state(snap),
+        "command": command,
+        "failures_in_row": snap.failures_in_row,
+        "last_failure": snap.last_failure.as_ref().map(|(f, at)| json!({
+            "reason": f.to_string(),
+            "ago_s": tenths(now.saturating_duration_since(*at)),
+        })),
+        "next_restart_in_s": snap.next_restart.map(|t| tenths(t.saturating_duration_since(now))),
         "uptime_s": tenths(now.saturating_duration_since(started)),
         "serving": snap.serving.map(|(g, p)| json!({"gen": g, "pid": p})),
         "generations": gens,
@@ -119,9 +157,30 @@ pub fn text(v: &Value) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "handoff pid {}, up {}s, {} reload(s)",
-        v["pid"], v["uptime_s"], v["reloads"]
+        "handoff {} pid {}: {}, up {}s, {} reload(s)",
+        v["version"].as_str().unwrap_or("?"),
+        v["pid"],
+        v["state"].as_str().unwrap_or("?"),
+        v["uptime_s"],
+        v["reloads"]
     );
+    if let Some(cmd) = v["command"].as_array() {
+        let words: Vec<&str> = cmd.iter().filter_map(|w| w.as_str()).collect();
+        let _ = writeln!(out, "command: {}", words.join(" "));
+    }
+    if let Some(f) = v["last_failure"].as_object() {
+        let retry = v["next_restart_in_s"]
+            .as_f64()
+            .map(|s| format!("; next start in {s}s"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "failures in a row: {} (last {}s ago: {}){retry}",
+            v["failures_in_row"],
+            f["ago_s"],
+            f["reason"].as_str().unwrap_or("?")
+        );
+    }
     let _ = writeln!(out, "generations:");
     for g in v["generations"].as_array().into_iter().flatten() {
         let ready = g["time_to_ready_ms"]

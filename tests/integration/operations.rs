@@ -792,3 +792,40 @@ fn starman_runs_unchanged_and_reloads() {
         eprintln!("starman: {resets} connection(s) reset by stopping Starman workers");
     }
 }
+
+#[test]
+fn status_is_a_probe_and_shows_a_crash_loop_as_such() {
+    // Serving: exit 0, with the version and the child's command.
+    let h = with_fixture(&[], &[]);
+    h.ready(1);
+    let (code, out, err) = h.cmd(&["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let st: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(st["state"], "serving");
+    assert!(
+        st["version"].as_str().is_some_and(|v| !v.is_empty()),
+        "{st}"
+    );
+    assert!(st["command"][0] == "python3", "{st}");
+    drop(h);
+    // A child that never gets ready: status exits 3 and says why, with the next retry.
+    let h = with_fixture(&[], &["--exit-before-ready", "7"]);
+    h.wait("restart_scheduled", &[]);
+    h.wait("spawned", &[("gen", 2.into())]);
+    h.wait_event("a second failure", WAIT, |v| {
+        v["event"] == "failed" && v["gen"] == 2
+    });
+    let (code, out, err) = h.cmd(&["status", "--json"]);
+    assert_eq!(code, 3, "nothing serves: {out}{err}");
+    let st: Value = serde_json::from_str(&out).expect("json");
+    assert!(st["failures_in_row"].as_u64() >= Some(2), "{st}");
+    assert!(
+        st["last_failure"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("exit status 7")),
+        "{st}"
+    );
+    let (code, text, _) = h.cmd(&["status"]);
+    assert_eq!(code, 3);
+    assert!(text.contains("failures in a row"), "{text}");
+}

@@ -73,8 +73,11 @@ pub mod exit_code {
     /// Invalid command line (clap's convention).
     pub const USAGE: i32 = 2;
     /// Stopped on request, but some processes had to be killed with SIGKILL (drain timeout
-    /// reached, or a second stop signal).
+    /// reached, `stop --force`, or a second SIGINT).
     pub const FORCED: i32 = 3;
+    /// `handoff status`: handoff runs, but no generation is serving (starting, restarting after
+    /// a crash, or stopping). As `systemctl status` exits 3 for a unit that is not active.
+    pub const NOT_SERVING: i32 = 3;
 }
 
 /// Whether a child that dies on its own is replaced.
@@ -498,6 +501,22 @@ pub struct GenerationStatus {
     pub deadline: Option<Instant>,
 }
 
+/// A generation that ended without being asked to: it failed to start, or died serving.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Failure {
+    Start(FailReason),
+    Exited(ExitStatus),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Start(r) => write!(f, "did not start: {r}"),
+            Self::Exited(st) => write!(f, "exited while serving: {st}"),
+        }
+    }
+}
+
 /// What `status` shows of the state machine.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Snapshot {
@@ -510,6 +529,12 @@ pub struct Snapshot {
     /// The last reload's outcome, and when it ended.
     pub last_reload: Option<(ReloadOutcome, Instant)>,
     pub shutting_down: bool,
+    /// Generations that failed since one last became ready: more than one is a crash loop.
+    pub failures_in_row: u32,
+    /// The last failure, and when.
+    pub last_failure: Option<(Failure, Instant)>,
+    /// When the next replacement starts (restart back-off), if one is scheduled.
+    pub next_restart: Option<Instant>,
 }
 
 #[derive(Clone, Debug)]
@@ -563,6 +588,8 @@ pub struct Supervisor {
     finished_code: Option<i32>,
     reloads: u64,
     last_reload: Option<(ReloadOutcome, Instant)>,
+    failures_in_row: u32,
+    last_failure: Option<(Failure, Instant)>,
 }
 
 impl Supervisor {
@@ -585,6 +612,8 @@ impl Supervisor {
             finished_code: None,
             reloads: 0,
             last_reload: None,
+            failures_in_row: 0,
+            last_failure: None,
         };
         sup.start_generation(StartReason::Initial, now, None, Vec::new());
         sup
@@ -686,6 +715,9 @@ impl Supervisor {
             reloads: self.reloads,
             last_reload: self.last_reload.clone(),
             shutting_down: self.shutdown.is_some(),
+            failures_in_row: self.failures_in_row,
+            last_failure: self.last_failure.clone(),
+            next_restart: self.timers.get(Timer::Restart),
         }
     }
 
@@ -931,6 +963,7 @@ impl Supervisor {
             }
             Phase::Serving { ready_at, .. } => {
                 self.report(Report::Exited { gen, pid, status });
+                self.failed(Failure::Exited(status), now);
                 let served = now.saturating_duration_since(ready_at);
                 if self.serving().is_some() || self.starting().is_some() {
                     // Another generation serves or is about to: nothing to replace.
@@ -1047,6 +1080,7 @@ impl Supervisor {
         let gen = self.gens[i].id;
         let after = now.saturating_duration_since(self.gens[i].started_at);
         self.ever_ready = true;
+        self.failures_in_row = 0;
         self.set_phase(i, Phase::Serving { pid, ready_at: now }, now);
         // Only now may older generations go: until this instant they were the ones accepting.
         // Their stop signals come before any report, so no log write delays the hand-over.
@@ -1083,6 +1117,9 @@ impl Supervisor {
     /// Report that the starting generation `g` will not take over, and answer whoever waits
     /// for it.
     fn fail_start(&mut self, g: &Generation, reason: FailReason, now: Instant) {
+        if reason != FailReason::Shutdown {
+            self.failed(Failure::Start(reason.clone()), now);
+        }
         self.report(Report::Failed {
             gen: g.id,
             pid: g.phase.pid(),
@@ -1138,6 +1175,11 @@ impl Supervisor {
             self.timers.cancel(Timer::Restart);
             self.start_generation(StartReason::Reload, now, Some(p.requested_at), p.waiters);
         }
+    }
+
+    fn failed(&mut self, f: Failure, now: Instant) {
+        self.failures_in_row += 1;
+        self.last_failure = Some((f, now));
     }
 
     fn schedule_restart(&mut self, now: Instant) {

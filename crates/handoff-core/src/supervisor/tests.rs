@@ -1571,3 +1571,28 @@ mod model {
         }
     }
 }
+
+#[test]
+fn a_crash_loop_shows_as_failures_in_a_row_with_the_last_reason_and_next_retry() {
+    let mut h = Harness::serving();
+    h.exited(100, 3);
+    h.fire();
+    h.spawned(2, 200);
+    h.exited(200, 3);
+    let st = h.sup.snapshot(h.now);
+    assert_eq!(st.failures_in_row, 2);
+    assert_eq!(
+        st.last_failure,
+        Some((
+            Failure::Start(FailReason::ExitedBeforeReady(ExitStatus::Exited(3))),
+            h.now
+        ))
+    );
+    assert_eq!(st.next_restart, Some(h.now + ms(200)));
+    h.fire();
+    h.spawned(3, 300);
+    h.ready(3);
+    let st = h.sup.snapshot(h.now);
+    assert_eq!(st.failures_in_row, 0, "reset once a generation is ready");
+    assert_eq!(st.next_restart, None);
+}

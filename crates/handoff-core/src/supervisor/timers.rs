@@ -51,6 +51,10 @@ impl Timers {
         self.at.insert(t, at);
     }
 
+    pub(crate) fn get(&self, t: Timer) -> Option<Instant> {
+        self.at.get(&t).copied()
+    }
+
     pub(crate) fn cancel(&mut self, t: Timer) {
         self.at.remove(&t);
     }
