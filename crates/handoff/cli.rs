@@ -61,6 +61,10 @@ pub enum Sub {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Keep following: print a line each time the generations or the state change (JSON
+        /// lines with --json), until handoff exits.
+        #[arg(long)]
+        watch: bool,
     },
     /// Print a shell completion script: handoff completions bash > /etc/bash_completion.d/handoff
     Completions {

@@ -117,7 +117,42 @@ fn client(sub: Sub) -> Result<i32, Error> {
                 Ok(exit_code::FAILURE)
             }
         }
-        Sub::Status { target: t, json } => {
+        Sub::Status {
+            target: t,
+            json,
+            watch: true,
+        } => {
+            let tg = target(t)?;
+            let mut last = String::new();
+            loop {
+                let req = request(Command::Status, false);
+                let v = match call(&tg, &req, Some(Duration::from_secs(10)), false) {
+                    Ok((v, _)) => v,
+                    // handoff has gone: the end of what there was to follow.
+                    Err(_) if !last.is_empty() => return Ok(0),
+                    Err(e) => return Err(Error::Control(e)),
+                };
+                let line = if json {
+                    let mut st = v["status"].clone();
+                    status::strip_clock(&mut st);
+                    st.to_string()
+                } else {
+                    status::summary(&v["status"])
+                };
+                if line != last {
+                    if json {
+                        say(&v["status"].to_string());
+                    } else {
+                        say(&line);
+                    }
+                    last = line;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        Sub::Status {
+            target: t, json, ..
+        } => {
             let req = request(Command::Status, false);
             let (v, _) = call(&target(t)?, &req, Some(Duration::from_secs(10)), false)
                 .map_err(Error::Control)?;

@@ -151,6 +151,57 @@ pub fn json(snap: &Snapshot, about: &About, now: Instant) -> Value {
     })
 }
 
+/// Remove what changes with the clock alone (ages, uptime), so that two statuses compare
+/// equal when nothing happened (`status --watch`).
+pub fn strip_clock(v: &mut Value) {
+    if let Some(o) = v.as_object_mut() {
+        for k in ["uptime_s", "next_restart_in_s"] {
+            o.remove(k);
+        }
+        for k in ["last_reload", "last_failure"] {
+            if let Some(x) = o.get_mut(k).and_then(Value::as_object_mut) {
+                x.remove("ago_s");
+            }
+        }
+        if let Some(gens) = o.get_mut("generations").and_then(Value::as_array_mut) {
+            for g in gens.iter_mut().filter_map(Value::as_object_mut) {
+                g.remove("age_s");
+            }
+        }
+    }
+}
+
+/// One line for `status --watch`: the state, and each generation with its phase.
+pub fn summary(v: &Value) -> String {
+    let gens: Vec<String> = v["generations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|g| {
+            format!(
+                "{} (pid {}) {}",
+                g["gen"],
+                g["pid"],
+                g["state"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    let failures = match v["failures_in_row"].as_u64() {
+        Some(n) if n > 0 => format!("; {n} failure(s) in a row"),
+        _ => String::new(),
+    };
+    format!(
+        "{}: generations {}; reloads {}{failures}",
+        v["state"].as_str().unwrap_or("?"),
+        if gens.is_empty() {
+            "none".to_string()
+        } else {
+            gens.join(", ")
+        },
+        v["reloads"]
+    )
+}
+
 /// `handoff status` as text.
 pub fn text(v: &Value) -> String {
     use std::fmt::Write;

@@ -829,3 +829,57 @@ fn status_is_a_probe_and_shows_a_crash_loop_as_such() {
     assert_eq!(code, 3);
     assert!(text.contains("failures in a row"), "{text}");
 }
+
+#[test]
+fn status_watch_follows_a_reload_and_ends_with_handoff() {
+    let mut h = with_fixture(&[], &[]);
+    h.ready(1);
+    let mut watch = Command::new(BIN)
+        .args(["status", "--watch"])
+        .env("HANDOFF_CONTROL", h.control())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("status --watch");
+    let out = watch.stdout.take().expect("stdout");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                lines.lock().expect("lines").push(l);
+            }
+        })
+    };
+    let seen = |needle: &str| {
+        lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .any(|l| l.contains(needle))
+    };
+    wait_until("the first line", WAIT, || seen("serving: generations 1"));
+    h.reload();
+    h.wait("drained", &[("gen", 1.into())]);
+    wait_until("a line with generation 2 serving alone", WAIT, || {
+        lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .any(|l| l.starts_with("serving: generations 2 ") && !l.contains(", "))
+    });
+    h.signal(libc::SIGTERM);
+    assert_eq!(h.wait_exit(WAIT), 0);
+    let end = Instant::now() + WAIT;
+    let code = loop {
+        if let Some(st) = watch.try_wait().expect("wait") {
+            break st.code();
+        }
+        if Instant::now() > end {
+            let _ = watch.kill();
+            panic!("status --watch did not end with handoff");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    reader.join().expect("reader");
+    assert_eq!(code, Some(0), "{:?}", lines.lock().expect("lines"));
+}
