@@ -43,11 +43,24 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Sub {
     /// Reload the running handoff and wait for the outcome: exit 0 when the new generation
-    /// serves and the old one was told to stop, 1 when the reload failed.
+    /// serves and the old one was told to stop (or, with --reload-signal, when the serving one
+    /// reloaded in place), 1 when the reload failed.
     Reload {
         #[command(flatten)]
         target: TargetArgs,
         /// Return as soon as the reload is requested.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Start a new generation and wait for the outcome, as `reload` does without
+    /// --reload-signal: the way to take a new binary when reloads happen in place.
+    Restart {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Return as soon as the restart is requested.
         #[arg(long)]
         no_wait: bool,
         /// Give up waiting after this long.
@@ -112,6 +125,14 @@ pub struct RunArgs {
     /// Listen backlog (accept queue length); capped by net.core.somaxconn [default: somaxconn]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub backlog: Option<u32>,
+
+    /// Reload in place: a reload (SIGHUP, `handoff reload`, --watch) sends this signal to the
+    /// serving generation, which re-reads its configuration itself (nginx, gunicorn and
+    /// many Go servers do on HUP), instead of starting a new generation. A child that speaks
+    /// systemd's notify-reload (RELOADING=1 then READY=1) is waited for; otherwise the reload
+    /// ends once the signal is delivered. `handoff restart` still starts a new generation.
+    #[arg(long, value_name = "SIGNAL", value_parser = parse_signal)]
+    pub reload_signal: Option<Signal>,
 
     /// Signal that asks a generation to drain and exit (e.g. QUIT for nginx, INT for lighttpd).
     #[arg(long, value_name = "SIGNAL", default_value = "TERM", value_parser = parse_signal)]

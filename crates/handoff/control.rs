@@ -68,6 +68,8 @@ fn yes() -> bool {
 #[serde(rename_all = "lowercase")]
 pub enum Command {
     Reload,
+    /// A reload that always starts a new generation (`handoff restart`).
+    Restart,
     Status,
     Stop,
 }

@@ -181,6 +181,7 @@ impl Driver {
             Input::Signal(S::Child) => self.reap(),
             Input::Signal(S::Hangup) => self.handle(Event::Reload {
                 reply: ReplyTo::Nobody,
+                restart: false,
             }),
             Input::Signal(S::Terminate) => self.handle(Event::Shutdown {
                 signal: Signal::TERM,
@@ -234,11 +235,13 @@ impl Driver {
                 request: Some(request),
                 force: req.force,
             },
-            Command::Reload if req.wait => Event::Reload {
-                reply: ReplyTo::WhenDone(request),
-            },
-            Command::Reload => Event::Reload {
-                reply: ReplyTo::Now(request),
+            Command::Reload | Command::Restart => Event::Reload {
+                reply: if req.wait {
+                    ReplyTo::WhenDone(request)
+                } else {
+                    ReplyTo::Now(request)
+                },
+                restart: req.cmd == Command::Restart,
             },
         };
         self.handle(ev);

@@ -89,6 +89,7 @@ fn target(t: TargetArgs) -> Result<control::Target, Error> {
 
 fn client(sub: Sub) -> Result<i32, Error> {
     use control::{call, Command, Request, VERSION as V};
+    let restart = matches!(sub, Sub::Restart { .. });
     use std::io::Write;
     let request = |cmd, wait| Request {
         v: V,
@@ -105,8 +106,18 @@ fn client(sub: Sub) -> Result<i32, Error> {
             target: t,
             no_wait,
             timeout,
+        }
+        | Sub::Restart {
+            target: t,
+            no_wait,
+            timeout,
         } => {
-            let req = request(Command::Reload, !no_wait);
+            let cmd = if restart {
+                Command::Restart
+            } else {
+                Command::Reload
+            };
+            let req = request(cmd, !no_wait);
             let (v, _) = call(&target(t)?, &req, Some(timeout), false).map_err(Error::Control)?;
             let msg = v["message"].as_str().or(v["error"].as_str()).unwrap_or("");
             if v["ok"] == true {
@@ -288,6 +299,7 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
         },
         probe_interval: cli.ready_probe.as_ref().map(|_| cli.ready_probe_interval),
         watch_debounce: cli.watch_debounce,
+        reload_signal: cli.reload_signal,
         ..Policy::default()
     };
     for w in &cli.watch {

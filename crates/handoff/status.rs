@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use handoff_core::supervisor::{ManagerMessage, Outcome, ReloadOutcome, Snapshot};
+use handoff_core::supervisor::{InPlace, ManagerMessage, Outcome, ReloadOutcome, Snapshot};
 use handoff_sys::listeners::Listener;
 use serde_json::{json, Value};
 
@@ -20,6 +20,25 @@ fn tenths(d: std::time::Duration) -> f64 {
 
 /// One line for a person: what a reload did.
 pub fn reload_message(o: &ReloadOutcome) -> String {
+    let ms = o.after.as_secs_f64() * 1e3;
+    match (&o.failure, o.in_place, o.serving) {
+        (None, Some(InPlace::Confirmed), _) => {
+            return format!(
+                "reloaded in place: generation {} reported RELOADING=1, then READY=1 after {ms:.0} ms",
+                o.gen
+            )
+        }
+        (None, Some(InPlace::Signalled(sig)), _) => {
+            return format!(
+                "reload signal {sig} delivered to generation {}; it does not report reload progress (RELOADING=1), so its outcome is not known",
+                o.gen
+            )
+        }
+        (Some(why), Some(_), _) => {
+            return format!("reload in place of generation {} failed: it {why}", o.gen)
+        }
+        _ => {}
+    }
     match (&o.failure, o.serving) {
         (None, serving) => format!(
             "reload finished: generation {} (pid {}) serving, ready after {:.0} ms",

@@ -235,3 +235,66 @@ fn extend_timeout_and_status_are_honoured() {
         "{ready}"
     );
 }
+
+/// A handoff with `--reload-signal HUP` over a fixture that re-reads `config` on SIGHUP.
+fn in_place(child_opts: &[&str]) -> (Handoff, std::path::PathBuf) {
+    let b = handoff();
+    let config = b.dir().join("config");
+    std::fs::write(&config, "v1").expect("write config");
+    let h = b
+        .args(["--listen", "127.0.0.1:0", "--reload-signal", "HUP"])
+        .args([
+            "--",
+            "python3",
+            &fixture(),
+            "--reload-on",
+            "HUP",
+            "--config-file",
+        ])
+        .arg(&config)
+        .args(child_opts)
+        .start();
+    (h, config)
+}
+
+#[test]
+fn reload_in_place_signals_the_serving_child_which_rereads_its_config() {
+    let (h, config) = in_place(&[]);
+    let p1 = h.ready(1);
+    let addr = h.addr(0);
+    assert_eq!(get_json(addr, "/")["config"], "v1");
+    std::fs::write(&config, "v2").expect("write config");
+    let (code, out, err) = h.cmd(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("reload signal SIGHUP delivered to generation 1"),
+        "{out}"
+    );
+    // Delivered is all handoff can know of a child that does not report progress.
+    wait_until("the child re-read its config", WAIT, || {
+        get_json(addr, "/")["config"] == "v2"
+    });
+    assert_eq!(
+        get_json(addr, "/")["pid"],
+        p1,
+        "the same process, reloaded in place"
+    );
+    assert_eq!(h.events("spawned").len(), 1, "no new generation");
+    // `handoff restart` still starts one.
+    let (code, out, err) = h.cmd(&["restart"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("generation 2"), "{out}");
+}
+
+#[test]
+fn reload_in_place_waits_for_a_child_speaking_notify_reload() {
+    let (h, config) = in_place(&["--notify-reload"]);
+    h.ready(1);
+    let addr = h.addr(0);
+    std::fs::write(&config, "v2").expect("write config");
+    let (code, out, err) = h.cmd(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("RELOADING=1, then READY=1"), "{out}");
+    // READY=1 came after the re-read: no need to wait.
+    assert_eq!(get_json(addr, "/")["config"], "v2");
+}

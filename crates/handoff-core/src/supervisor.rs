@@ -114,6 +114,12 @@ pub struct Policy {
     pub probe_interval: Option<Duration>,
     /// Quiet time after the last watched-file change before reloading (`--watch-debounce`).
     pub watch_debounce: Duration,
+    /// `--reload-signal`: a reload sends this signal to the serving generation (which reloads
+    /// its configuration itself) instead of starting a new one. `handoff restart` still does.
+    pub reload_signal: Option<Signal>,
+    /// After the reload signal, how long a child has to answer `RELOADING=1` (systemd's
+    /// notify-reload protocol) before handoff concludes it does not speak it.
+    pub reload_ack_window: Duration,
 }
 
 impl Default for Policy {
@@ -130,6 +136,8 @@ impl Default for Policy {
             kill_wait: Duration::from_secs(5),
             probe_interval: None,
             watch_debounce: Duration::from_millis(500),
+            reload_signal: None,
+            reload_ack_window: Duration::from_millis(500),
         }
     }
 }
@@ -148,8 +156,10 @@ pub enum ReplyTo {
 /// Everything that can happen to handoff, already validated and typed by the shell.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
-    /// SIGHUP, a control command or a watched file: start a new generation.
-    Reload { reply: ReplyTo },
+    /// SIGHUP, a control command or a watched file: reload (a new generation, or the reload
+    /// signal with `--reload-signal`). `restart` (`handoff restart`) always starts a new
+    /// generation.
+    Reload { reply: ReplyTo, restart: bool },
     /// SIGTERM/SIGINT, or `handoff stop` (`request`, answered now and again at exit). A
     /// repeated stop is the same graceful stop; it becomes "kill everything now" only when a
     /// person clearly asks: `force` (`handoff stop --force`), or a second SIGINT (Ctrl-C twice).
@@ -287,6 +297,18 @@ pub struct ReloadOutcome {
     pub after: Duration,
     /// The generation serving afterwards, and its pid.
     pub serving: Option<(GenId, Pid)>,
+    /// `None` for a new generation; for a reload in place (`--reload-signal`), whether the
+    /// child confirmed it (`RELOADING=1` then `READY=1`) or only got the signal.
+    pub in_place: Option<InPlace>,
+}
+
+/// How a reload in place (`--reload-signal`) ended up known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InPlace {
+    /// The child answered `RELOADING=1`, then `READY=1`.
+    Confirmed,
+    /// The signal was delivered; the child does not report reload progress.
+    Signalled(Signal),
 }
 
 impl ReloadOutcome {
@@ -315,6 +337,8 @@ pub enum FailReason {
     ReadyTimeout(Duration),
     /// handoff was asked to stop while it was starting.
     Shutdown,
+    /// A reload in place: `RELOADING=1` came, but not `READY=1` within the ready timeout.
+    ReloadNotFinished(Duration),
 }
 
 impl fmt::Display for FailReason {
@@ -326,6 +350,11 @@ impl fmt::Display for FailReason {
                 write!(f, "not ready after {:.1}s (ready timeout)", d.as_secs_f64())
             }
             Self::Shutdown => write!(f, "shutdown requested while it was starting"),
+            Self::ReloadNotFinished(d) => write!(
+                f,
+                "reported RELOADING=1 but not READY=1 within {:.1}s (ready timeout)",
+                d.as_secs_f64()
+            ),
         }
     }
 }
@@ -557,6 +586,19 @@ struct Generation {
 struct PendingReload {
     requested_at: Instant,
     waiters: Vec<RequestId>,
+    /// Some request was `handoff restart`: a new generation, whatever `--reload-signal` says.
+    restart: bool,
+}
+
+/// A reload in place in progress: the reload signal was sent to generation `gen`.
+#[derive(Clone, Debug)]
+struct InPlaceReload {
+    gen: GenId,
+    pid: Pid,
+    started: Instant,
+    /// `RELOADING=1` arrived.
+    acked: bool,
+    waiters: Vec<RequestId>,
 }
 
 #[derive(Clone, Debug)]
@@ -590,6 +632,7 @@ pub struct Supervisor {
     last_reload: Option<(ReloadOutcome, Instant)>,
     failures_in_row: u32,
     last_failure: Option<(Failure, Instant)>,
+    in_place: Option<InPlaceReload>,
 }
 
 impl Supervisor {
@@ -614,6 +657,7 @@ impl Supervisor {
             last_reload: None,
             failures_in_row: 0,
             last_failure: None,
+            in_place: None,
         };
         sup.start_generation(StartReason::Initial, now, None, Vec::new());
         sup
@@ -626,6 +670,7 @@ impl Supervisor {
             match event {
                 Event::Reload {
                     reply: ReplyTo::Now(request) | ReplyTo::WhenDone(request),
+                    ..
                 }
                 | Event::Shutdown {
                     request: Some(request),
@@ -637,7 +682,7 @@ impl Supervisor {
             return;
         }
         match event {
-            Event::Reload { reply } => self.on_reload(reply, now),
+            Event::Reload { reply, restart } => self.on_reload(reply, restart, now),
             Event::Shutdown {
                 signal,
                 request,
@@ -662,7 +707,8 @@ impl Supervisor {
                 // The serving generation holds the dead socket: only a new generation gets
                 // the new one. Until it is ready, clients wait in the new socket's queue.
                 if count > 0 && self.shutdown.is_none() {
-                    self.on_reload(ReplyTo::Nobody, now);
+                    // A new generation: only it gets the new socket.
+                    self.on_reload(ReplyTo::Nobody, true, now);
                 }
             }
         }
@@ -723,7 +769,7 @@ impl Supervisor {
 
     // ---- event handlers ------------------------------------------------------------------
 
-    fn on_reload(&mut self, reply: ReplyTo, now: Instant) {
+    fn on_reload(&mut self, reply: ReplyTo, restart: bool, now: Instant) {
         if self.shutdown.is_some() {
             self.report(Report::ReloadIgnored);
             if let ReplyTo::Now(r) | ReplyTo::WhenDone(r) = reply {
@@ -738,25 +784,90 @@ impl Supervisor {
             ReplyTo::WhenDone(r) => vec![r],
             _ => Vec::new(),
         };
-        if self.starting().is_some() {
-            // Coalesce: however many requests arrive during a start, one more reload follows,
-            // and every waiter waits for that one.
+        if self.starting().is_some() || self.in_place.is_some() {
+            // Coalesce: however many requests arrive during a reload, one more follows, and
+            // every waiter waits for that one.
             self.report(Report::ReloadRequested {
                 coalesced: self.pending_reload.is_some(),
             });
-            self.pending_reload
-                .get_or_insert_with(|| PendingReload {
-                    requested_at: now,
-                    waiters: Vec::new(),
-                })
-                .waiters
-                .extend(waiters);
+            let p = self.pending_reload.get_or_insert_with(|| PendingReload {
+                requested_at: now,
+                waiters: Vec::new(),
+                restart: false,
+            });
+            p.waiters.extend(waiters);
+            p.restart |= restart;
             return;
         }
         self.report(Report::ReloadRequested { coalesced: false });
         // An explicit request overrides a pending back-off: the operator likely deployed a fix.
         self.timers.cancel(Timer::Restart);
-        self.start_generation(StartReason::Reload, now, Some(now), waiters);
+        self.begin_reload(restart, now, now, waiters);
+    }
+
+    /// Start a reload: the reload signal to the serving generation (`--reload-signal`, unless
+    /// `restart`), or a new generation.
+    fn begin_reload(
+        &mut self,
+        restart: bool,
+        now: Instant,
+        requested_at: Instant,
+        waiters: Vec<RequestId>,
+    ) {
+        match (self.policy.reload_signal, self.serving(), restart) {
+            (Some(signal), Some((gen, pid)), false) => {
+                self.reloads += 1;
+                self.tell(ManagerMessage::Reloading { gen });
+                self.actions.push_back(Action::Signal {
+                    gen,
+                    pid,
+                    target: Target::Leader,
+                    signal,
+                });
+                self.report(Report::Forwarded {
+                    gen: Some(gen),
+                    signal,
+                });
+                self.in_place = Some(InPlaceReload {
+                    gen,
+                    pid,
+                    started: requested_at,
+                    acked: false,
+                    waiters,
+                });
+                self.timers
+                    .set(Timer::InPlaceAck, now + self.policy.reload_ack_window);
+            }
+            _ => self.start_generation(StartReason::Reload, now, Some(requested_at), waiters),
+        }
+    }
+
+    /// The reload in place ends: `failure` is `None` when it went well.
+    fn finish_in_place(&mut self, failure: Option<FailReason>, how: InPlace, now: Instant) {
+        let Some(ip) = self.in_place.take() else {
+            return;
+        };
+        self.timers.cancel(Timer::InPlaceAck);
+        self.timers.cancel(Timer::InPlaceDone);
+        let outcome = ReloadOutcome {
+            gen: ip.gen,
+            failure,
+            after: now.saturating_duration_since(ip.started),
+            serving: self.serving(),
+            in_place: Some(how),
+        };
+        if self.shutdown.is_some() {
+            // The manager was told STOPPING=1: no READY=1 after that.
+        } else if outcome.ok() {
+            self.tell(ManagerMessage::Ready {
+                gen: ip.gen,
+                pid: ip.pid,
+            });
+        } else {
+            self.tell(ManagerMessage::ReloadFailed(outcome.clone()));
+        }
+        self.reload_finished(outcome, ip.waiters, now);
+        self.start_pending_reload(now);
     }
 
     fn on_shutdown(
@@ -803,6 +914,9 @@ impl Supervisor {
         }
         self.timers.cancel(Timer::Restart);
         self.timers.cancel(Timer::WatchDebounce);
+        if self.in_place.is_some() {
+            self.finish_in_place(Some(FailReason::Shutdown), InPlace::Confirmed, now);
+        }
         // First report the interrupted start (while the old generation still counts as
         // serving), then tell everyone to stop.
         if let Some(i) = self
@@ -917,6 +1031,18 @@ impl Supervisor {
         if msg.ready && matches!(self.gens[i].phase, Phase::Starting { .. }) {
             self.become_ready(i, now);
         }
+        // systemd's notify-reload protocol, during a reload in place.
+        if let Some(ip) = self.in_place.as_mut().filter(|ip| ip.gen == gen) {
+            if msg.reloading && !ip.acked {
+                ip.acked = true;
+                self.timers.cancel(Timer::InPlaceAck);
+                self.timers
+                    .set(Timer::InPlaceDone, now + self.policy.ready_timeout);
+            }
+            if msg.ready && ip.acked {
+                self.finish_in_place(None, InPlace::Confirmed, now);
+            }
+        }
         if let Some(text) = &msg.status {
             self.report(Report::Status {
                 gen,
@@ -964,6 +1090,10 @@ impl Supervisor {
             Phase::Serving { ready_at, .. } => {
                 self.report(Report::Exited { gen, pid, status });
                 self.failed(Failure::Exited(status), now);
+                if self.in_place.as_ref().is_some_and(|ip| ip.gen == gen) {
+                    let how = InPlace::Confirmed;
+                    self.finish_in_place(Some(FailReason::ExitedBeforeReady(status)), how, now);
+                }
                 let served = now.saturating_duration_since(ready_at);
                 if self.serving().is_some() || self.starting().is_some() {
                     // Another generation serves or is about to: nothing to replace.
@@ -1013,7 +1143,24 @@ impl Supervisor {
                 (Timer::Restart, _, _) if self.shutdown.is_none() && self.starting().is_none() => {
                     self.start_generation(StartReason::Restart, now, None, Vec::new());
                 }
-                (Timer::WatchDebounce, _, _) => self.on_reload(ReplyTo::Nobody, now),
+                (Timer::WatchDebounce, _, _) => self.on_reload(ReplyTo::Nobody, false, now),
+                (Timer::InPlaceAck, _, _) => {
+                    // No RELOADING=1: the child does not speak notify-reload; the signal was
+                    // delivered, which is all that can be known.
+                    if let Some(signal) = self.policy.reload_signal {
+                        self.finish_in_place(None, InPlace::Signalled(signal), now);
+                    }
+                }
+                (Timer::InPlaceDone, _, _) => {
+                    let waited = self.in_place.as_ref().map_or(Duration::ZERO, |ip| {
+                        now.saturating_duration_since(ip.started)
+                    });
+                    self.finish_in_place(
+                        Some(FailReason::ReloadNotFinished(waited)),
+                        InPlace::Confirmed,
+                        now,
+                    );
+                }
                 (Timer::Probe(gen), Some(i), Some(Phase::Starting { pid })) => {
                     // Not re-armed here: the next run is scheduled when this one reports.
                     self.gens[i].probe_running = true;
@@ -1106,6 +1253,7 @@ impl Supervisor {
                     failure: None,
                     after,
                     serving: Some((gen, pid)),
+                    in_place: None,
                 },
                 waiters,
                 now,
@@ -1131,8 +1279,12 @@ impl Supervisor {
                 failure: Some(reason),
                 after: now.saturating_duration_since(g.started_at),
                 serving: self.serving(),
+                in_place: None,
             };
-            self.tell(ManagerMessage::ReloadFailed(outcome.clone()));
+            // Once stopping, the manager was told STOPPING=1: no READY=1 after that.
+            if self.shutdown.is_none() {
+                self.tell(ManagerMessage::ReloadFailed(outcome.clone()));
+            }
             let waiters = match self.find(g.id) {
                 Some(i) => std::mem::take(&mut self.gens[i].waiters),
                 None => g.waiters.clone(),
@@ -1171,9 +1323,12 @@ impl Supervisor {
         if self.shutdown.is_some() || self.starting().is_some() {
             return;
         }
+        if self.in_place.is_some() {
+            return;
+        }
         if let Some(p) = self.pending_reload.take() {
             self.timers.cancel(Timer::Restart);
-            self.start_generation(StartReason::Reload, now, Some(p.requested_at), p.waiters);
+            self.begin_reload(p.restart, now, p.requested_at, p.waiters);
         }
     }
 

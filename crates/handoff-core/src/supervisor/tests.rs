@@ -109,12 +109,14 @@ impl Harness {
     fn reload(&mut self) -> Vec<Action> {
         self.ev(Event::Reload {
             reply: ReplyTo::Nobody,
+            restart: false,
         })
     }
 
     fn reload_waiting(&mut self, request: RequestId) -> Vec<Action> {
         self.ev(Event::Reload {
             reply: ReplyTo::WhenDone(request),
+            restart: false,
         })
     }
 
@@ -223,6 +225,7 @@ fn ok_outcome(gen: GenId, pid: Pid, after: Duration) -> ReloadOutcome {
         failure: None,
         after,
         serving: Some((gen, pid)),
+        in_place: None,
     }
 }
 
@@ -237,6 +240,7 @@ fn failed_outcome(
         failure: Some(reason),
         after,
         serving,
+        in_place: None,
     }
 }
 
@@ -463,6 +467,7 @@ fn a_no_wait_reload_request_is_answered_at_once() {
     let mut h = Harness::serving();
     let a = h.ev(Event::Reload {
         reply: ReplyTo::Now(3),
+        restart: false,
     });
     let mut want = vec![reply(3, Outcome::ReloadRequested)];
     want.extend(reload_started(2));
@@ -1057,7 +1062,7 @@ fn shutdown_during_a_reload_stops_both_and_fails_the_reload() {
                 pid: Some(200),
                 reason: FailReason::Shutdown
             }),
-            tell(ManagerMessage::ReloadFailed(outcome.clone())),
+            // No READY=1 to the manager after STOPPING=1.
             rep(Report::ReloadFinished(outcome.clone())),
             reply(4, Outcome::Reload(outcome)),
             term(1, 100),
@@ -1102,12 +1107,6 @@ fn shutdown_while_spawning_stops_the_child_as_soon_as_it_exists() {
                 pid: Some(200),
                 reason: FailReason::Shutdown
             }),
-            tell(ManagerMessage::ReloadFailed(failed_outcome(
-                2,
-                FailReason::Shutdown,
-                Duration::ZERO,
-                None
-            ))),
             rep(Report::ReloadFinished(failed_outcome(
                 2,
                 FailReason::Shutdown,
@@ -1463,6 +1462,8 @@ mod model {
         Spawn,
         SpawnFail,
         Ready(u8),
+        Reloading(u8),
+        Restart,
         Exit(u8, i32),
         Advance(u16),
         Fire,
@@ -1477,6 +1478,8 @@ mod model {
             4 => Just(Step::Spawn),
             1 => Just(Step::SpawnFail),
             4 => any::<u8>().prop_map(Step::Ready),
+            2 => any::<u8>().prop_map(Step::Reloading),
+            1 => Just(Step::Restart),
             3 => (any::<u8>(), 0..3i32).prop_map(|(g, c)| Step::Exit(g, c)),
             2 => (0..5000u16).prop_map(Step::Advance),
             2 => Just(Step::Fire),
@@ -1485,8 +1488,12 @@ mod model {
 
     proptest! {
         #[test]
-        fn invariants_hold(steps in proptest::collection::vec(step(), 1..80)) {
-            let policy = Policy { probe_interval: Some(ms(300)), ..Policy::default() };
+        fn invariants_hold(steps in proptest::collection::vec(step(), 1..80), in_place in any::<bool>()) {
+            let policy = Policy {
+                probe_interval: Some(ms(300)),
+                reload_signal: in_place.then_some(Signal::HUP),
+                ..Policy::default()
+            };
             let (mut h, first) = Harness::new(policy.clone());
             let spawns = |a: &[Action]| -> Vec<GenId> {
                 a.iter().filter_map(|a| match a { Action::Spawn { gen } => Some(*gen), _ => None }).collect()
@@ -1520,6 +1527,12 @@ mod model {
                         let (gen, _) = live[k as usize % live.len()];
                         h.ready(gen)
                     }
+                    Step::Reloading(k) if !live.is_empty() => {
+                        let (gen, _) = live[k as usize % live.len()];
+                        let msg = NotifyMessage { reloading: true, ..Default::default() };
+                        h.ev(Event::Notify { gen, msg })
+                    }
+                    Step::Restart => h.ev(Event::Reload { reply: ReplyTo::Nobody, restart: true }),
                     Step::Exit(k, c) if !live.is_empty() => {
                         let (_, pid) = live.remove(k as usize % live.len());
                         h.exited(pid, c)
@@ -1595,4 +1608,162 @@ fn a_crash_loop_shows_as_failures_in_a_row_with_the_last_reason_and_next_retry()
     let st = h.sup.snapshot(h.now);
     assert_eq!(st.failures_in_row, 0, "reset once a generation is ready");
     assert_eq!(st.next_restart, None);
+}
+
+// ---- reload in place (--reload-signal) ----------------------------------------------------
+
+fn in_place_policy() -> Policy {
+    Policy {
+        reload_signal: Some(Signal::HUP),
+        ..Policy::default()
+    }
+}
+
+fn hup(gen: GenId, pid: Pid) -> Action {
+    Action::Signal {
+        gen,
+        pid,
+        target: Target::Leader,
+        signal: Signal::HUP,
+    }
+}
+
+#[test]
+fn reload_in_place_waits_for_reloading_then_ready() {
+    let mut h = Harness::serving_with(in_place_policy());
+    let a = h.reload_waiting(1);
+    assert_eq!(
+        a,
+        vec![
+            rep(Report::ReloadRequested { coalesced: false }),
+            tell(ManagerMessage::Reloading { gen: 1 }),
+            hup(1, 100),
+            rep(Report::Forwarded {
+                gen: Some(1),
+                signal: Signal::HUP
+            }),
+        ],
+        "no new generation"
+    );
+    h.now += ms(100);
+    let msg = NotifyMessage {
+        reloading: true,
+        ..Default::default()
+    };
+    assert_eq!(h.ev(Event::Notify { gen: 1, msg }), vec![]);
+    h.now += ms(900); // past the 500 ms acknowledgement window: it did acknowledge
+    let a = h.ready(1);
+    let outcome = ReloadOutcome {
+        gen: 1,
+        failure: None,
+        after: secs(1),
+        serving: Some((1, 100)),
+        in_place: Some(InPlace::Confirmed),
+    };
+    assert_eq!(
+        a,
+        vec![
+            tell(ManagerMessage::Ready { gen: 1, pid: 100 }),
+            rep(Report::ReloadFinished(outcome.clone())),
+            reply(1, Outcome::Reload(outcome)),
+        ]
+    );
+    assert_eq!(h.sup.poll_timeout(), None);
+}
+
+#[test]
+fn reload_in_place_without_notify_reload_ends_when_the_signal_is_delivered() {
+    let mut h = Harness::serving_with(in_place_policy());
+    h.reload_waiting(1);
+    let a = h.advance(ms(500));
+    let outcome = ReloadOutcome {
+        gen: 1,
+        failure: None,
+        after: ms(500),
+        serving: Some((1, 100)),
+        in_place: Some(InPlace::Signalled(Signal::HUP)),
+    };
+    assert_eq!(
+        a,
+        vec![
+            tell(ManagerMessage::Ready { gen: 1, pid: 100 }),
+            rep(Report::ReloadFinished(outcome.clone())),
+            reply(1, Outcome::Reload(outcome)),
+        ]
+    );
+}
+
+#[test]
+fn reload_in_place_that_never_finishes_fails_but_keeps_serving() {
+    let mut h = Harness::serving_with(in_place_policy());
+    h.reload_waiting(1);
+    let msg = NotifyMessage {
+        reloading: true,
+        ..Default::default()
+    };
+    h.ev(Event::Notify { gen: 1, msg });
+    let a = h.advance(secs(60));
+    let reason = FailReason::ReloadNotFinished(secs(60));
+    assert!(
+        a.contains(&rep(Report::ReloadFinished(ReloadOutcome {
+            gen: 1,
+            failure: Some(reason),
+            after: secs(60),
+            serving: Some((1, 100)),
+            in_place: Some(InPlace::Confirmed),
+        }))),
+        "{a:?}"
+    );
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::Signal { .. })),
+        "{a:?}"
+    );
+    assert_eq!(h.sup.serving(), Some((1, 100)));
+}
+
+#[test]
+fn restart_starts_a_new_generation_even_with_a_reload_signal() {
+    let mut h = Harness::serving_with(in_place_policy());
+    let a = h.ev(Event::Reload {
+        reply: ReplyTo::Nobody,
+        restart: true,
+    });
+    assert_eq!(a, reload_started(2));
+}
+
+#[test]
+fn reloads_during_a_reload_in_place_coalesce_and_a_restart_among_them_wins() {
+    let mut h = Harness::serving_with(in_place_policy());
+    h.reload();
+    assert_eq!(
+        h.reload(),
+        vec![rep(Report::ReloadRequested { coalesced: false })]
+    );
+    h.ev(Event::Reload {
+        reply: ReplyTo::Nobody,
+        restart: true,
+    });
+    let a = h.advance(ms(500)); // the first ends (signal delivered); the coalesced one starts
+    assert_eq!(
+        a[a.len() - 2..],
+        [tell(ManagerMessage::Reloading { gen: 2 }), spawn(2)],
+        "{a:?}"
+    );
+}
+
+#[test]
+fn the_serving_child_dying_during_a_reload_in_place_fails_it() {
+    let mut h = Harness::serving_with(in_place_policy());
+    h.reload_waiting(1);
+    let a = h.exited(100, 1);
+    assert!(
+        a.iter().any(
+            |a| matches!(a, Action::Reply { request: 1, outcome: Outcome::Reload(o) } if !o.ok())
+        ),
+        "{a:?}"
+    );
+    assert_eq!(
+        a.last(),
+        Some(&rep(Report::RestartScheduled { delay: ms(100) }))
+    );
 }

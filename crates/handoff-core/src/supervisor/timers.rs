@@ -25,6 +25,10 @@ pub(crate) enum Timer {
     Restart,
     /// Watched files are quiet again: reload.
     WatchDebounce,
+    /// A reload in place: the time a child has to answer `RELOADING=1`.
+    InPlaceAck,
+    /// A reload in place: `RELOADING=1` came; the time it has to send `READY=1`.
+    InPlaceDone,
 }
 
 impl Timer {
@@ -36,7 +40,7 @@ impl Timer {
             | Self::Probe(g)
             | Self::KillDeadline(g)
             | Self::ReapDeadline(g) => Some(g),
-            Self::Restart | Self::WatchDebounce => None,
+            Self::Restart | Self::WatchDebounce | Self::InPlaceAck | Self::InPlaceDone => None,
         }
     }
 }
