@@ -164,6 +164,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", env = "HANDOFF_CONTROL", value_parser = parse_control)]
     pub control: Option<PathBuf>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (IP:PORT, or :PORT for every
+    /// interface). Never a port the child listens on.
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// Write handoff's pid to this file (atomically; removed at exit). Refuses to start if
     /// the pid in it belongs to a running handoff.
     #[arg(long, value_name = "PATH")]
@@ -257,6 +262,17 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(d)
+}
+
+/// `--metrics ADDR`: `IP:PORT`, `[IPv6]:PORT`, or `:PORT` for every interface.
+fn parse_metrics_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    let full = match s.strip_prefix(':') {
+        Some(port) => format!("[::]:{port}"),
+        None => s.to_string(),
+    };
+    full.parse().map_err(|_| {
+        format!("invalid metrics address \"{s}\": expected IP:PORT or :PORT, e.g. 127.0.0.1:9100")
+    })
 }
 
 /// `--control PATH` (or `none`): a unix socket path must fit `sun_path`, said as clearly as

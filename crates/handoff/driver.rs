@@ -67,6 +67,8 @@ pub struct Services {
     pub watcher: Option<Watcher>,
     /// `--ready-probe` command.
     pub probe: Option<String>,
+    /// `--metrics`: the registry and the listener of its HTTP endpoint.
+    pub metrics: Option<(crate::metrics::Metrics, std::net::TcpListener)>,
 }
 
 /// Everything the event loop waits for, converted to one type.
@@ -77,6 +79,7 @@ enum Input {
     FileChanged,
     WatchdogTick,
     Deadline,
+    Scrape(crate::metrics::Scrape),
 }
 
 pub struct Driver {
@@ -91,6 +94,7 @@ pub struct Driver {
     /// Control requests waiting for an answer.
     requests: HashMap<RequestId, mpsc::UnboundedSender<String>>,
     next_request: RequestId,
+    metrics: Option<crate::metrics::Metrics>,
     started: Instant,
     /// Set by `Action::Exit`.
     exit: Option<i32>,
@@ -114,6 +118,7 @@ impl Driver {
             probes: HashMap::new(),
             requests: HashMap::new(),
             next_request: 1,
+            metrics: None,
             started: Instant::now(),
             exit: None,
         }
@@ -129,6 +134,12 @@ impl Driver {
             .map(|l| tokio::spawn(control::serve(l, ctl_tx.clone(), alive_tx.clone())))
             .collect();
         drop((ctl_tx, alive_tx));
+        let mut scrapes = self.services.metrics.take().map(|(m, l)| {
+            self.metrics = Some(m);
+            let (tx, rx) = mpsc::channel(8);
+            tokio::spawn(crate::metrics::serve(l, tx));
+            rx
+        });
         let changed = self.services.watcher.as_ref().map(|w| w.changed.clone());
         // The watchdog is fed from this loop: if the loop stalls, systemd notices.
         let mut watchdog = self
@@ -169,6 +180,7 @@ impl Driver {
                 () = async { changed.as_ref().expect("guarded").notified().await }, if changed.is_some() => Input::FileChanged,
                 _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => Input::WatchdogTick,
                 () = &mut sleep, if armed.is_some() => Input::Deadline,
+                Some(s) = async { scrapes.as_mut().expect("guarded").recv().await }, if scrapes.is_some() => Input::Scrape(s),
             };
             self.dispatch(input);
         }
@@ -208,6 +220,11 @@ impl Driver {
                 }
             }
             Input::Deadline => self.handle(Event::Timeout),
+            Input::Scrape(reply) => {
+                if let Some(m) = &self.metrics {
+                    let _ = reply.send(m.render(&self.sup.snapshot(Instant::now())));
+                }
+            }
         }
     }
 
@@ -355,7 +372,12 @@ impl Driver {
                     let _ = tx.send(line);
                 }
             }
-            Action::Report(r) => logging::report(&r),
+            Action::Report(r) => {
+                if let Some(m) = &self.metrics {
+                    m.observe(&r);
+                }
+                logging::report(&r);
+            }
             Action::Exit(code) => self.exit = Some(code),
         }
     }

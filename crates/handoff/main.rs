@@ -6,6 +6,7 @@ mod driver;
 mod errors;
 mod intake;
 mod logging;
+mod metrics;
 mod pidfile;
 mod sdnotify;
 mod signals;
@@ -302,6 +303,13 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
         reload_signal: cli.reload_signal,
         ..Policy::default()
     };
+    if let Some(m) = cli.metrics {
+        if let Some(l) = shares_port(m, &cli.listen) {
+            return Err(Error::Usage(format!(
+                "--metrics {m} would share a port with --listen {l}; give the metrics a port of their own"
+            )));
+        }
+    }
     for w in &cli.watch {
         if !w.exists() {
             return Err(Error::Start(format!(
@@ -344,6 +352,17 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
             None => None,
         };
         let watcher = watch::start(&cli.watch).map_err(Error::Start)?;
+        let metrics = match cli.metrics {
+            Some(addr) => {
+                let l = std::net::TcpListener::bind(addr).map_err(|e| {
+                    Error::Start(format!("cannot serve metrics on {addr}: {e}"))
+                })?;
+                let local = l.local_addr().map_or(addr, |a| a);
+                tracing::info!(event = "metrics", addr = %local, "metrics at http://{local}/metrics");
+                Some((metrics::Metrics::default(), l))
+            }
+            None => None,
+        };
         let listeners = guard.into_inner();
         for (i, l) in listeners.iter().enumerate() {
             tracing::info!(event = "listening", index = i, fd = 3 + i, name = %l.name, addr = %l.local,
@@ -358,6 +377,7 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
             manager,
             watcher,
             probe: cli.ready_probe.clone(),
+            metrics,
         };
         Ok(Driver::new(sup, listeners, child, dir, services)
             .run(signals)
@@ -458,6 +478,29 @@ fn setup_control(cli: &RunArgs) -> Result<driver::ControlSockets, String> {
         Err(e) => tracing::warn!("cannot listen on the abstract control address: {e}"),
     }
     Ok(c)
+}
+
+/// The `--listen` address a metrics address would collide with: the same port, on the same
+/// address or where either is a wildcard.
+fn shares_port(
+    m: std::net::SocketAddr,
+    listen: &[handoff_core::listen::ListenSpec],
+) -> Option<String> {
+    use handoff_core::listen::{Host, ListenAddr};
+    if m.port() == 0 {
+        return None;
+    }
+    listen.iter().find_map(|spec| {
+        let ListenAddr::Tcp(a) = &spec.addr else {
+            return None;
+        };
+        let same_host = match &a.host {
+            Host::AllInterfaces => true,
+            Host::Ip(ip) => ip.is_unspecified() || m.ip().is_unspecified() || *ip == m.ip(),
+            Host::Name(_) => true, // resolved later: assume the worst
+        };
+        (a.port == m.port() && same_host).then(|| spec.addr.to_string())
+    })
 }
 
 /// `--socket-owner USER:GROUP`, `USER` or `:GROUP`.

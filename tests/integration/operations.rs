@@ -883,3 +883,84 @@ fn status_watch_follows_a_reload_and_ends_with_handoff() {
     reader.join().expect("reader");
     assert_eq!(code, Some(0), "{:?}", lines.lock().expect("lines"));
 }
+
+/// `GET /metrics` on `addr`: the body.
+fn scrape(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut s, &mut out).expect("read");
+    let (head, body) = out.split_once("\r\n\r\n").expect("response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// The value of the sample `name` (with its labels) in a scrape.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_follow_reloads_and_generations() {
+    let h = fixture_with_args_file(&["--metrics", "127.0.0.1:0", "--ready-timeout", "1s"]);
+    let addr = h.wait("metrics", &[])["addr"]
+        .as_str()
+        .expect("addr")
+        .to_string();
+    h.ready(1);
+    let m = scrape(&addr);
+    assert_eq!(sample(&m, "handoff_generation"), Some(1.0), "{m}");
+    assert_eq!(
+        sample(&m, "handoff_reloads_total{result=\"ok\"}"),
+        Some(0.0),
+        "{m}"
+    );
+    h.reload();
+    h.wait("drained", &[("gen", 1.into())]);
+    // A failing reload too.
+    std::fs::write(h.args_file(), "--exit-before-ready 1").expect("write args");
+    h.reload();
+    h.wait("reload_finished", &[("gen", 3.into())]);
+    let m = scrape(&addr);
+    assert_eq!(sample(&m, "handoff_generation"), Some(2.0), "{m}");
+    assert_eq!(
+        sample(&m, "handoff_reloads_total{result=\"ok\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "handoff_reloads_total{result=\"failed\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "handoff_generations{state=\"serving\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "handoff_ready_seconds_count"), Some(2.0), "{m}");
+    assert_eq!(sample(&m, "handoff_drain_seconds_count"), Some(1.0), "{m}");
+    assert!(
+        sample(&m, "handoff_last_reload_success_timestamp_seconds").is_some_and(|t| t > 1.7e9),
+        "{m}"
+    );
+}
+
+#[test]
+fn metrics_never_share_a_port_with_the_child() {
+    let out = Command::new(BIN)
+        .args([
+            "--listen",
+            ":18097",
+            "--metrics",
+            "127.0.0.1:18097",
+            "--",
+            "true",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("would share a port"));
+}
