@@ -315,6 +315,7 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
         argv: cli.command.clone(),
         base_env,
         creds: creds.clone(),
+        stop_signal: cli.stop_signal,
     };
     let manager = sdnotify::SdNotify::from_env();
 

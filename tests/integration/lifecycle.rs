@@ -214,8 +214,19 @@ fn no_zombies_after_many_reloads() {
 
 #[test]
 fn children_stop_when_handoff_is_killed() {
-    // No server may keep serving unsupervised: PR_SET_PDEATHSIG delivers SIGTERM.
+    // No server may keep serving unsupervised: PR_SET_PDEATHSIG delivers the stop signal.
     let mut h = with_fixture(&[], &[]);
+    let p1 = h.ready(1);
+    h.signal(libc::SIGKILL);
+    assert_eq!(h.wait_exit(WAIT), 128 + libc::SIGKILL);
+    wait_until("child stopped after handoff died", WAIT, || !alive(p1));
+}
+
+#[test]
+fn children_get_the_stop_signal_when_handoff_is_killed() {
+    // A server that stops on INT and ignores TERM: PR_SET_PDEATHSIG must be --stop-signal,
+    // else it keeps serving unsupervised, holding the port.
+    let mut h = with_fixture(&["--stop-signal", "INT"], &["--stop-signals", "INT"]);
     let p1 = h.ready(1);
     h.signal(libc::SIGKILL);
     assert_eq!(h.wait_exit(WAIT), 128 + libc::SIGKILL);
