@@ -8,7 +8,8 @@
 //! `envp` with a preallocated `LISTEN_PID=` slot. The post-fork code ([`child_exec`], run as
 //! std's `pre_exec` hook) then does, in this order (systemd's `safe_fork_full` order):
 //! 1. reset every signal disposition to `SIG_DFL`, so that a signal arriving now cannot run a
-//!    copy of handoff's handlers and be swallowed;
+//!    copy of handoff's handlers and be swallowed; then join the generation's cgroup, if
+//!    given ([`SpawnPlan::with_cgroup`]), before anything else happens in the child;
 //! 2. ask for the generation's stop signal if handoff dies (`PR_SET_PDEATHSIG`, see
 //!    [`SpawnPlan::with_death_signal`]), then check the parent did not already die;
 //! 3. `dup2` the listeners to 3.. and mark every other fd above them close-on-exec;
@@ -233,6 +234,8 @@ pub struct SpawnPlan {
     creds: Option<Creds>,
     /// `PR_SET_PDEATHSIG`: what the child gets if handoff dies.
     death_signal: libc::c_int,
+    /// A cgroup's `cgroup.procs`, opened for writing: the child writes "0" to it.
+    cgroup_procs: Option<OwnedFd>,
 }
 
 // SAFETY: the raw pointers only point into buffers owned by the plan itself; nothing is shared.
@@ -304,7 +307,18 @@ impl SpawnPlan {
             parent_pid: unsafe { libc::getpid() },
             creds,
             death_signal: libc::SIGTERM,
+            cgroup_procs: None,
         })
+    }
+
+    /// Start the child in the cgroup whose `cgroup.procs` is `procs` (opened `O_WRONLY`,
+    /// see [`crate::cgroup::GenCgroup::procs_fd`]): the child writes "0" to it between fork
+    /// and exec, before anything else, so that nothing it ever forks is outside it. If that
+    /// write fails, the child is not started and [`spawn`] returns the errno.
+    pub fn with_cgroup(mut self, procs: BorrowedFd<'_>) -> io::Result<Self> {
+        // A copy owned by the plan (close-on-exec: the child does not keep it).
+        self.cgroup_procs = Some(procs.try_clone_to_owned()?);
+        Ok(self)
     }
 
     /// The signal the child gets if handoff dies, even by SIGKILL (`PR_SET_PDEATHSIG`);
@@ -395,6 +409,20 @@ unsafe fn child_exec(plan: &mut SpawnPlan) -> io::Result<()> {
                     std::ptr::null_mut::<u64>(),
                     8usize,
                 );
+            }
+        }
+
+        // 1b. Join the generation's cgroup, first: still privileged (the kernel checks the
+        //     write against the cgroup's owner), before the listener fds are moved (this fd
+        //     may be one of the targets 3..), and before anything could fork.
+        if let Some(fd) = &plan.cgroup_procs {
+            let zero = b"0";
+            let n = libc::write(fd.as_raw_fd(), zero.as_ptr().cast(), zero.len());
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if n != zero.len() as isize {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
             }
         }
 
