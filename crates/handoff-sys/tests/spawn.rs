@@ -4,7 +4,10 @@
 //! forked while the allocator lock is held would also deadlock or abort here.
 //!
 //! With a cgroup fd (SpawnPlan::with_cgroup) the child also writes "0" to it before exec:
-//! /dev/null stands in for `cgroup.procs` here. A negative control shows the tripwire does fire on an allocation.
+//! /dev/null stands in for `cgroup.procs` in the test that runs as any user, a real cgroup
+//! in the root one. A negative control shows the tripwire does fire on an allocation.
+
+mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::TcpListener;
@@ -155,4 +158,42 @@ fn the_tripwire_fires_on_an_allocation_in_the_child() {
         Some(libc::SIGABRT),
         "child {st}: the tripwire did not fire"
     );
+}
+
+#[test]
+#[ignore = "needs root (creates cgroups)"]
+fn no_allocation_between_fork_and_exec_with_a_real_cgroup() {
+    let t = common::TestCgroup::new();
+    let gens = handoff_sys::cgroup::Generations::setup_in(&t.hier, &t.cg).expect("setup");
+    let cg = gens.create(1).expect("create");
+    let noise = Noise::start();
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let env = vec![("LISTEN_FDS".into(), "1".into())];
+    let prog = resolve_program("true".as_ref()).expect("true in PATH");
+    for _ in 0..200 {
+        let plan = SpawnPlan::prepare(&prog, &["true".into()], &env, &[l.as_fd()], None)
+            .expect("plan")
+            .with_cgroup(cg.procs_fd())
+            .expect("cgroup fd");
+        let pid = spawn(plan).expect("spawn");
+        let st = wait(pid);
+        assert!(
+            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+            "child status {st:#x}: aborted in the child?"
+        );
+    }
+    // And the child is in the cgroup by the time it runs its program.
+    let prog = resolve_program("sleep".as_ref()).expect("sleep in PATH");
+    let plan = SpawnPlan::prepare(&prog, &["sleep".into(), "1000".into()], &env, &[], None)
+        .expect("plan")
+        .with_cgroup(cg.procs_fd())
+        .expect("cgroup fd");
+    let pid = spawn(plan).expect("spawn");
+    drop(noise);
+    assert_eq!(cg.pids().expect("pids"), vec![pid]);
+    cg.kill().expect("kill");
+    let st = wait(pid);
+    assert!(libc::WIFSIGNALED(st), "status {st:#x}");
+    assert!(cg.wait_empty(common::WAIT).expect("events"));
+    cg.remove().expect("remove");
 }
