@@ -48,6 +48,8 @@ pub struct ChildSpec {
     pub base_env: Env,
     /// `--user`/`--group`, resolved.
     pub creds: Option<Creds>,
+    /// `--stop-signal`: also what a child gets if handoff dies (PR_SET_PDEATHSIG).
+    pub stop_signal: Signal,
 }
 
 /// The control sockets handoff listens on.
@@ -407,7 +409,8 @@ impl Driver {
             &fds,
             self.child.creds.clone(),
         )
-        .map_err(|e| format!("cannot prepare {}: {e}", self.child.program.display()))?;
+        .map_err(|e| format!("cannot prepare {}: {e}", self.child.program.display()))?
+        .with_death_signal(self.child.stop_signal);
         let pid = spawn::spawn(plan).map_err(|e| {
             let program = self.child.program.display();
             match spawn::missing_interpreter(&self.child.program) {

@@ -323,6 +323,7 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
         argv: cli.command.clone(),
         base_env,
         creds: creds.clone(),
+        stop_signal: cli.stop_signal,
     };
     let manager = sdnotify::SdNotify::from_env();
 
@@ -347,6 +348,10 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
                 "cannot create a runtime directory for notify sockets: {e}"
             ))
         })?;
+        for p in dir.stale_removed() {
+            tracing::info!(event = "stale_removed", path = %p.display(),
+                "removed {}, left by a handoff that is no longer running", p.display());
+        }
         let pid_file = match pid_file {
             Some(p) => Some(p.write().map_err(Error::Start)?),
             None => None,

@@ -214,8 +214,19 @@ fn no_zombies_after_many_reloads() {
 
 #[test]
 fn children_stop_when_handoff_is_killed() {
-    // No server may keep serving unsupervised: PR_SET_PDEATHSIG delivers SIGTERM.
+    // No server may keep serving unsupervised: PR_SET_PDEATHSIG delivers the stop signal.
     let mut h = with_fixture(&[], &[]);
+    let p1 = h.ready(1);
+    h.signal(libc::SIGKILL);
+    assert_eq!(h.wait_exit(WAIT), 128 + libc::SIGKILL);
+    wait_until("child stopped after handoff died", WAIT, || !alive(p1));
+}
+
+#[test]
+fn children_get_the_stop_signal_when_handoff_is_killed() {
+    // A server that stops on INT and ignores TERM: PR_SET_PDEATHSIG must be --stop-signal,
+    // else it keeps serving unsupervised, holding the port.
+    let mut h = with_fixture(&["--stop-signal", "INT"], &["--stop-signals", "INT"]);
     let p1 = h.ready(1);
     h.signal(libc::SIGKILL);
     assert_eq!(h.wait_exit(WAIT), 128 + libc::SIGKILL);
@@ -252,4 +263,55 @@ fn a_child_shutting_down_the_shared_listener_is_detected_and_repaired() {
         "ok"
     );
     assert_eq!(get_json(addr, "/")["gen"], 3);
+}
+
+#[test]
+fn the_next_start_removes_the_notify_directories_a_killed_handoff_left() {
+    let base = TempDir::new();
+    let start = || {
+        handoff()
+            .env("RUNTIME_DIRECTORY", base.path().to_str().expect("utf-8"))
+            .args(["--listen", "127.0.0.1:0", "--", "python3", &fixture()])
+            .start()
+    };
+    // A running handoff's directory: left alone.
+    let a = start();
+    let pa = a.ready(1);
+    let a_sock = std::path::PathBuf::from(&environ(pa)["NOTIFY_SOCKET"]);
+    let a_dir = a_sock.parent().expect("notify directory").to_path_buf();
+    assert_eq!(a_dir.parent(), Some(base.path()));
+    // What a SIGKILLed handoff left (pid 999999999 cannot exist): its directory and socket.
+    let stale = base.path().join("handoff.999999999.0");
+    std::fs::create_dir(&stale).expect("mkdir");
+    drop(std::os::unix::net::UnixDatagram::bind(stale.join("notify-1.sock")).expect("bind"));
+    // A dead handoff's pid now used by a process that is not a handoff (this test).
+    let reused = base
+        .path()
+        .join(format!("handoff.{}.0", std::process::id()));
+    std::fs::create_dir(&reused).expect("mkdir");
+    std::fs::write(reused.join("notify-2.sock"), "").expect("write");
+    // A symlink with such a name is not followed: its target stays whole.
+    let target = base.path().join("elsewhere");
+    std::fs::create_dir(&target).expect("mkdir");
+    std::fs::write(target.join("keep"), "").expect("write");
+    let link = base.path().join("handoff.999999998.0");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+
+    let b = start();
+    b.ready(1);
+    b.wait(
+        "stale_removed",
+        &[("path", stale.display().to_string().into())],
+    );
+    assert!(!stale.exists(), "{} is still there", stale.display());
+    assert!(!reused.exists(), "{} is still there", reused.display());
+    assert!(target.join("keep").exists(), "followed the symlink");
+    assert!(link.symlink_metadata().is_ok(), "removed a symlink");
+    assert!(
+        a_sock.exists(),
+        "removed the directory of a running handoff"
+    );
+    // And the running one still works: its next generation's socket is made in it.
+    a.reload();
+    a.ready(2);
 }

@@ -398,7 +398,7 @@ impl Drop for Handoff {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // The children get SIGTERM from PR_SET_PDEATHSIG; make sure, by pid and group.
+        // The children get their stop signal from PR_SET_PDEATHSIG; make sure, by pid and group.
         for pid in pids {
             if alive(pid) {
                 // SAFETY: signalling processes this test started (through handoff).

@@ -4,6 +4,9 @@
 //! - every fd handoff opens is close-on-exec; only [`spawn`] places listeners at 3.. in a child;
 //! - exactly one reaper ([`reaper::reap_one`]) calls `waitpid`;
 //! - between fork and exec only async-signal-safe calls on memory prepared before the fork.
+//! - cgroups are only created, killed and removed under handoff's own cgroup, through fds
+//!   opened without following links ([`cgroup`]).
+pub mod cgroup;
 pub mod kill;
 pub mod listeners;
 pub mod notify_socket;

@@ -24,9 +24,18 @@ pub const MAX_DATAGRAM: usize = 4096;
 /// directory the children could write to would let one swap its socket for a symlink and
 /// redirect whatever handoff (maybe root) does to that path. Nothing in it is ever chmod-ed
 /// or chown-ed by path: sockets get their mode from the umask at bind().
+///
+/// While it exists, handoff holds an exclusive `flock` on it (through an fd that children
+/// do not inherit): that is how the next handoff started with the same base directory
+/// tells the directory of a running handoff from one a killed handoff left behind (see
+/// [`RuntimeDir::stale_removed`]).
 #[derive(Debug)]
 pub struct RuntimeDir {
     path: PathBuf,
+    /// The directory, open and `flock`ed for as long as it exists.
+    lock: std::fs::File,
+    /// Stale directories removed from the same base at creation.
+    stale_removed: Vec<PathBuf>,
 }
 
 /// `sun_path`'s size: a socket path must fit in it with its terminating NUL.
@@ -63,6 +72,7 @@ impl RuntimeDir {
             0o700
         };
         let pid = std::process::id();
+        let stale_removed = remove_stale(&base, pid, euid);
         let mut last = None;
         for n in 0..100u32 {
             let path = base.join(format!("handoff.{pid}.{n}"));
@@ -80,20 +90,33 @@ impl RuntimeDir {
             // mkdir never follows a symlink planted at the name: that fails with EEXIST.
             match std::fs::DirBuilder::new().mode(0o700).create(&path) {
                 Ok(()) => {
-                    let dir = Self { path };
                     // The final mode is set on the directory opened without following links,
                     // after checking it is the one we made (owned by us).
                     let f = std::fs::OpenOptions::new()
                         .read(true)
                         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                        .open(&dir.path)?;
-                    if f.metadata()?.uid() != euid {
+                        .open(&path)?;
+                    // Blocking: another handoff cleaning stale directories holds it only
+                    // while it removes one, and it may have taken ours for one (it did if
+                    // the directory is gone once we hold the lock: then take the next name).
+                    flock(&f, libc::LOCK_EX)?;
+                    let meta = f.metadata()?;
+                    if meta.nlink() == 0 {
+                        continue;
+                    }
+                    let dir = Self {
+                        path,
+                        lock: f,
+                        stale_removed,
+                    };
+                    if meta.uid() != euid {
                         return Err(io::Error::other(format!(
                             "{} is not owned by handoff's user",
                             dir.path.display()
                         )));
                     }
-                    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+                    dir.lock
+                        .set_permissions(std::fs::Permissions::from_mode(mode))?;
                     return Ok(dir);
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
@@ -106,6 +129,140 @@ impl RuntimeDir {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The directories of handoffs that are no longer running (killed: their own clean-up
+    /// never ran) that were removed from the same base directory at creation.
+    pub fn stale_removed(&self) -> &[PathBuf] {
+        &self.stale_removed
+    }
+}
+
+fn flock(f: &std::fs::File, op: libc::c_int) -> io::Result<()> {
+    loop {
+        // SAFETY: flock on a valid fd.
+        if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// `handoff.PID.N` → PID.
+fn runtime_dir_pid(name: &str) -> Option<u32> {
+    let (pid, n) = name.strip_prefix("handoff.")?.split_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(n) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Whether `pid` is a running handoff (by /proc/PID/comm).
+fn is_running_handoff(pid: u32) -> bool {
+    crate::procfs::is_running(pid)
+        && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim_end() == "handoff")
+}
+
+/// Remove from `base` the `handoff.PID.N` directories of handoffs that are gone. One is
+/// stale when it is a directory (never a symlink: nothing is followed), owned by `euid`,
+/// not locked (every running handoff holds its directory's lock), and its PID is not a
+/// running handoff (a handoff from before the lock existed). Our own pid's are skipped.
+/// Everything is removed with unlinkat relative to fds opened `O_NOFOLLOW`, under the lock.
+/// Best effort: whatever cannot be removed stays.
+fn remove_stale(base: &Path, me: u32, euid: u32) -> Vec<PathBuf> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return vec![];
+    };
+    let open_dir = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(p)
+    };
+    let Ok(base_fd) = open_dir(base) else {
+        return vec![];
+    };
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(pid) = runtime_dir_pid(name) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        // Relative to the base fd and O_NOFOLLOW: a symlink fails here (ELOOP).
+        let Ok(dir) = open_at_dir(&base_fd, name) else {
+            continue;
+        };
+        if !dir.metadata().is_ok_and(|m| m.uid() == euid) {
+            continue;
+        }
+        if flock(&dir, libc::LOCK_EX | libc::LOCK_NB).is_err() || is_running_handoff(pid) {
+            continue;
+        }
+        if empty_dir(&dir) && unlink_at(&base_fd, name, libc::AT_REMOVEDIR).is_ok() {
+            removed.push(base.join(name));
+        }
+        // Dropping `dir` releases the lock; a handoff waiting for it finds it removed.
+    }
+    removed
+}
+
+fn open_at_dir(dir: &std::fs::File, name: &str) -> io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))?;
+    // SAFETY: valid dirfd and NUL-terminated name; the result is a new fd we own.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by openat and is owned by nobody else.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+fn unlink_at(dir: &std::fs::File, name: &str, flags: libc::c_int) -> io::Result<()> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))?;
+    // SAFETY: valid dirfd and NUL-terminated name; unlinkat never follows a link.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Unlink every entry of `dir` (sockets, files; an empty subdirectory too). True if it is
+/// empty afterwards.
+fn empty_dir(dir: &std::fs::File) -> bool {
+    // Listed through /proc/self/fd/N: the directory we hold, whatever its path now.
+    let Ok(entries) = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())) else {
+        return false;
+    };
+    let mut ok = true;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else {
+            ok = false;
+            continue;
+        };
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        let flags = if is_dir { libc::AT_REMOVEDIR } else { 0 };
+        ok &= unlink_at(dir, name, flags).is_ok();
+    }
+    ok
 }
 
 impl Drop for RuntimeDir {
@@ -324,6 +481,21 @@ mod tests {
         // SAFETY: one valid pollfd, zero timeout.
         let n = unsafe { libc::poll(&mut p, 1, 0) };
         n == 1 && p.revents & libc::POLLHUP != 0
+    }
+
+    #[test]
+    fn runtime_dir_names() {
+        assert_eq!(runtime_dir_pid("handoff.123.0"), Some(123));
+        assert_eq!(runtime_dir_pid("handoff.123.45"), Some(123));
+        for bad in [
+            "handoff.123",
+            "handoff..0",
+            "handoff.1x.0",
+            "handoff.1.",
+            "other.1.0",
+        ] {
+            assert_eq!(runtime_dir_pid(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -8,9 +8,10 @@
 //! `envp` with a preallocated `LISTEN_PID=` slot. The post-fork code ([`child_exec`], run as
 //! std's `pre_exec` hook) then does, in this order (systemd's `safe_fork_full` order):
 //! 1. reset every signal disposition to `SIG_DFL`, so that a signal arriving now cannot run a
-//!    copy of handoff's handlers and be swallowed;
-//! 2. ask for SIGTERM if handoff dies (`PR_SET_PDEATHSIG`), then check the parent did not
-//!    already die;
+//!    copy of handoff's handlers and be swallowed; then join the generation's cgroup, if
+//!    given ([`SpawnPlan::with_cgroup`]), before anything else happens in the child;
+//! 2. ask for the generation's stop signal if handoff dies (`PR_SET_PDEATHSIG`, see
+//!    [`SpawnPlan::with_death_signal`]), then check the parent did not already die;
 //! 3. `dup2` the listeners to 3.. and mark every other fd above them close-on-exec;
 //! 4. write the pid digits into the `LISTEN_PID=` slot;
 //! 5. unblock all signals (the parent blocks them around `fork`, see [`spawn`]);
@@ -24,6 +25,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use handoff_core::signal::Signal;
 
 /// Room for `LISTEN_PID=` plus the largest pid (pid_max ≤ 2^22, but leave room for u64).
 const PID_SLOT: usize = "LISTEN_PID=".len() + 21;
@@ -229,6 +232,10 @@ pub struct SpawnPlan {
     source_fds: Vec<RawFd>,
     parent_pid: libc::pid_t,
     creds: Option<Creds>,
+    /// `PR_SET_PDEATHSIG`: what the child gets if handoff dies.
+    death_signal: libc::c_int,
+    /// A cgroup's `cgroup.procs`, opened for writing: the child writes "0" to it.
+    cgroup_procs: Option<OwnedFd>,
 }
 
 // SAFETY: the raw pointers only point into buffers owned by the plan itself; nothing is shared.
@@ -299,7 +306,28 @@ impl SpawnPlan {
             // SAFETY: getpid never fails.
             parent_pid: unsafe { libc::getpid() },
             creds,
+            death_signal: libc::SIGTERM,
+            cgroup_procs: None,
         })
+    }
+
+    /// Start the child in the cgroup whose `cgroup.procs` is `procs` (opened `O_WRONLY`,
+    /// see [`crate::cgroup::GenCgroup::procs_fd`]): the child writes "0" to it between fork
+    /// and exec, before anything else, so that nothing it ever forks is outside it. If that
+    /// write fails, the child is not started and [`spawn`] returns the errno.
+    pub fn with_cgroup(mut self, procs: BorrowedFd<'_>) -> io::Result<Self> {
+        // A copy owned by the plan (close-on-exec: the child does not keep it).
+        self.cgroup_procs = Some(procs.try_clone_to_owned()?);
+        Ok(self)
+    }
+
+    /// The signal the child gets if handoff dies, even by SIGKILL (`PR_SET_PDEATHSIG`);
+    /// SIGTERM unless set. A server's generation should get its own stop signal
+    /// (`--stop-signal`): one that stops on INT and ignores TERM would otherwise keep serving
+    /// unsupervised, holding the port.
+    pub fn with_death_signal(mut self, signal: Signal) -> Self {
+        self.death_signal = signal.number();
+        self
     }
 
     /// The listener copies can be closed once the child has exec'd.
@@ -384,6 +412,20 @@ unsafe fn child_exec(plan: &mut SpawnPlan) -> io::Result<()> {
             }
         }
 
+        // 1b. Join the generation's cgroup, first: still privileged (the kernel checks the
+        //     write against the cgroup's owner), before the listener fds are moved (this fd
+        //     may be one of the targets 3..), and before anything could fork.
+        if let Some(fd) = &plan.cgroup_procs {
+            let zero = b"0";
+            let n = libc::write(fd.as_raw_fd(), zero.as_ptr().cast(), zero.len());
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if n != zero.len() as isize {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+        }
+
         // 2a. Drop privileges: supplementary groups, then gid, then uid (the reverse order
         //     would leave no permission to change the groups). A child that would still be
         //     root after a requested drop is never started.
@@ -399,11 +441,11 @@ unsafe fn child_exec(plan: &mut SpawnPlan) -> io::Result<()> {
             }
         }
 
-        // 2. If handoff dies (even SIGKILL), the child is told to stop rather than serve on
-        //    unsupervised. The thread that forked is handoff's main thread, which lives as
-        //    long as handoff, so the per-thread semantics of PDEATHSIG are safe here. Set
-        //    after the uid change, which would clear it.
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+        // 2. If handoff dies (even SIGKILL), the child is told to stop (by its own stop
+        //    signal) rather than serve on unsupervised. The thread that forked is handoff's
+        //    main thread, which lives as long as handoff, so the per-thread semantics of
+        //    PDEATHSIG are safe here. Set after the uid change, which would clear it.
+        libc::prctl(libc::PR_SET_PDEATHSIG, plan.death_signal, 0, 0, 0);
         if libc::getppid() != plan.parent_pid {
             libc::_exit(1);
         }
