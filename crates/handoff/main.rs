@@ -348,10 +348,6 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
                 "cannot create a runtime directory for notify sockets: {e}"
             ))
         })?;
-        for p in dir.stale_removed() {
-            tracing::info!(event = "stale_removed", path = %p.display(),
-                "removed {}, left by a handoff that is no longer running", p.display());
-        }
         let pid_file = match pid_file {
             Some(p) => Some(p.write().map_err(Error::Start)?),
             None => None,
@@ -374,6 +370,11 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
                 kind = l.kind.as_str(), inherited = l.inherited,
                 "listening on {} (fd {} in the child, name {}{})", l.local, 3 + i, l.name,
                 if l.inherited { ", from the service manager" } else { "" });
+        }
+        // Said once start-up has succeeded: a failed start keeps to its one error line.
+        for p in dir.stale_removed() {
+            tracing::info!(event = "stale_removed", path = %p.display(),
+                "removed {}, left by a handoff that is no longer running", p.display());
         }
         let sup = Supervisor::new(policy, Instant::now());
         let services = Services {
