@@ -26,6 +26,7 @@ use handoff_core::signal::Signal;
 use handoff_core::supervisor::{
     Action, Event, ExitStatus, GenId, Pid, ReplyTo, RequestId, Supervisor, Target,
 };
+use handoff_sys::cgroup::{GenCgroup, Generations};
 use handoff_sys::listeners::Listener;
 use handoff_sys::notify_socket::{NotifySocket, RuntimeDir};
 use handoff_sys::spawn::{self, Creds};
@@ -71,6 +72,9 @@ pub struct Services {
     pub probe: Option<String>,
     /// `--metrics`: the registry and the listener of its HTTP endpoint.
     pub metrics: Option<(crate::metrics::Metrics, std::net::TcpListener)>,
+    /// A cgroup per generation, where handoff may create them; else generations are
+    /// process groups (a worker that called setsid() then escapes them).
+    pub cgroups: Option<Generations>,
 }
 
 /// Everything the event loop waits for, converted to one type.
@@ -97,6 +101,10 @@ pub struct Driver {
     requests: HashMap<RequestId, mpsc::UnboundedSender<String>>,
     next_request: RequestId,
     metrics: Option<crate::metrics::Metrics>,
+    /// Each live generation's cgroup (with `Services::cgroups`).
+    cgroup_of: HashMap<GenId, GenCgroup>,
+    /// Cgroups of retired generations whose last processes are still dying.
+    retiring: Vec<GenCgroup>,
     started: Instant,
     /// Set by `Action::Exit`.
     exit: Option<i32>,
@@ -121,6 +129,8 @@ impl Driver {
             requests: HashMap::new(),
             next_request: 1,
             metrics: None,
+            cgroup_of: HashMap::new(),
+            retiring: Vec::new(),
             started: Instant::now(),
             exit: None,
         }
@@ -275,6 +285,7 @@ impl Driver {
         // One pid at a time, performing the actions of each exit before the next waitpid: a
         // signal queued while handling one exit can then only target processes not yet
         // reaped, whose pids cannot have been reused.
+        self.remove_empty_cgroups();
         while let Some((pid, status)) = reaper::reap_one() {
             let ev = match self.probes.remove(&pid) {
                 Some(gen) => Event::ProbeResult {
@@ -310,9 +321,13 @@ impl Driver {
                 target,
                 signal,
             } => {
-                let res = match target {
-                    Target::Leader => kill::signal(pid, signal),
-                    Target::Group => kill::signal_group(pid, signal),
+                let res = match (target, self.cgroup_of.get(&gen)) {
+                    (Target::Leader, _) => kill::signal(pid, signal),
+                    // The cgroup holds every process of the generation, also workers that
+                    // left the process group (setsid, double fork).
+                    (Target::Group, Some(cg)) if signal == Signal::KILL => cg.kill().map(|()| true),
+                    (Target::Group, Some(cg)) => cg.signal(signal).map(|n| n > 0),
+                    (Target::Group, None) => kill::signal_group(pid, signal),
                 };
                 if let Err(e) = res {
                     warn!(event = "signal_error", gen, pid, signal = %signal, "cannot send {signal} to {pid}: {e}");
@@ -327,6 +342,23 @@ impl Driver {
                             gen, pgid, "killed leftover processes of generation {gen}"
                         );
                     }
+                }
+                if let Some(cg) = self.cgroup_of.remove(&gen) {
+                    if cg.is_populated().unwrap_or(true) {
+                        let pids = cg.pids().unwrap_or_default();
+                        let _ = cg.kill();
+                        info!(
+                            event = "leftovers_killed",
+                            gen,
+                            cgroup = cg.cgroup(),
+                            count = pids.len(),
+                            "killed {} leftover process(es) of generation {gen} in its cgroup",
+                            pids.len()
+                        );
+                    }
+                    // Removed once empty (checked on each SIGCHLD: they are our descendants).
+                    self.retiring.push(cg);
+                    self.remove_empty_cgroups();
                 }
                 self.intake.remove(gen);
             }
@@ -362,6 +394,11 @@ impl Driver {
                         listeners: &self.listeners,
                         started: self.started,
                         command: &self.child.argv,
+                        tracking: if self.services.cgroups.is_some() {
+                            "cgroup"
+                        } else {
+                            "process group"
+                        },
                     };
                     status::json(&self.sup.snapshot(now), &about, now)
                 });
@@ -386,6 +423,16 @@ impl Driver {
 
     fn spawn(&mut self, gen: GenId) -> Result<Pid, String> {
         self.recreate_deleted_files(gen);
+        let cgroup = match &self.services.cgroups {
+            Some(all) => match all.create(gen) {
+                Ok(cg) => Some(cg),
+                Err(e) => {
+                    warn!(event = "cgroup_error", gen, "cannot create the cgroup of generation {gen}: {e}; it is tracked by its process group");
+                    None
+                }
+            },
+            None => None,
+        };
         let sock = NotifySocket::bind(&self.runtime_dir, gen)
             .map_err(|e| format!("cannot create notify socket: {e}"))?;
         let starter: Vec<Option<String>> =
@@ -411,6 +458,12 @@ impl Driver {
         )
         .map_err(|e| format!("cannot prepare {}: {e}", self.child.program.display()))?
         .with_death_signal(self.child.stop_signal);
+        let plan = match &cgroup {
+            Some(cg) => plan
+                .with_cgroup(cg.procs_fd())
+                .map_err(|e| format!("cannot prepare {}: {e}", self.child.program.display()))?,
+            None => plan,
+        };
         let pid = spawn::spawn(plan).map_err(|e| {
             let program = self.child.program.display();
             match spawn::missing_interpreter(&self.child.program) {
@@ -422,6 +475,9 @@ impl Driver {
                 _ => format!("cannot execute {program}: {e}"),
             }
         })?;
+        if let Some(cg) = cgroup {
+            self.cgroup_of.insert(gen, cg);
+        }
         if let Err(e) = self.intake.add(gen, sock, pid) {
             warn!("cannot watch the notify socket of generation {gen}: {e}");
         }
@@ -447,6 +503,12 @@ impl Driver {
             }
         }
         restored
+    }
+
+    /// Remove the cgroups of retired generations that have emptied.
+    fn remove_empty_cgroups(&mut self) {
+        self.retiring
+            .retain(|cg| cg.is_populated().unwrap_or(true) || cg.remove().is_err());
     }
 
     /// A unix socket file deleted from under handoff (a cleanup job, a deploy script) makes
@@ -498,6 +560,23 @@ impl Driver {
             if let Some(f) = &l.unix_file {
                 f.remove();
             }
+        }
+        // Every generation's cgroup, emptied and removed (what a cgroup held may have left
+        // the process tree, so the subreaper pass below would not see it).
+        let cgroups: Vec<GenCgroup> = self
+            .cgroup_of
+            .drain()
+            .map(|(_, cg)| cg)
+            .chain(self.retiring.drain(..))
+            .collect();
+        for cg in &cgroups {
+            if cg.is_populated().unwrap_or(true) {
+                let _ = cg.kill();
+            }
+        }
+        for cg in cgroups {
+            let _ = cg.wait_empty(std::time::Duration::from_secs(2));
+            let _ = cg.remove();
         }
         // Adopted orphans (workers of drained children) that are still around.
         let left = reaper::children();

@@ -337,6 +337,8 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
             .map_err(|e| Error::Start(format!("cannot install signal handlers: {e}")))?;
         handoff_sys::reaper::become_subreaper()
             .map_err(|e| Error::Start(format!("cannot become a child subreaper: {e}")))?;
+        // Before binding: a generation a killed handoff left in its cgroup still holds the port.
+        let cgroups = handoff_sys::cgroup::Generations::setup();
         let listeners = setup_listeners(&cli, inherited, backlog, cli.socket_mode, socket_owner)
             .map_err(Error::Start)?;
         // From here on, `listeners` removes its socket files if we return early.
@@ -376,6 +378,19 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
             tracing::info!(event = "stale_removed", path = %p.display(),
                 "removed {}, left by a handoff that is no longer running", p.display());
         }
+        let cgroups = match cgroups {
+            Ok(g) => {
+                for c in g.cleaned() {
+                    tracing::warn!(event = "stale_cgroup", cgroup = %c.cgroup, killed = c.killed.len(),
+                        "killed {} process(es) a previous handoff left in cgroup {}", c.killed.len(), c.cgroup);
+                }
+                Some(g)
+            }
+            Err(why) => {
+                tracing::info!(event = "no_cgroups", "{why}; a generation is tracked by its process group");
+                None
+            }
+        };
         let sup = Supervisor::new(policy, Instant::now());
         let services = Services {
             control,
@@ -384,6 +399,7 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
             watcher,
             probe: cli.ready_probe.clone(),
             metrics,
+            cgroups,
         };
         Ok(Driver::new(sup, listeners, child, dir, services)
             .run(signals)

@@ -92,6 +92,9 @@ pub struct About<'a> {
     pub started: Instant,
     /// The child's command line.
     pub command: &'a [std::ffi::OsString],
+    /// How a generation's processes are known: `cgroup` (its own cgroup v2: also workers
+    /// that left its process group) or `process group`.
+    pub tracking: &'static str,
 }
 
 /// The one word for where handoff stands: `serving`, `starting` (the first generation, or a
@@ -155,6 +158,7 @@ pub fn json(snap: &Snapshot, about: &About, now: Instant) -> Value {
         "version": crate::VERSION,
         "state": overall_state(snap),
         "command": command,
+        "tracking": about.tracking,
         "failures_in_row": snap.failures_in_row,
         "last_failure": snap.last_failure.as_ref().map(|(f, at)| json!({
             "reason": f.to_string(),
@@ -237,6 +241,9 @@ pub fn text(v: &Value) -> String {
     if let Some(cmd) = v["command"].as_array() {
         let words: Vec<&str> = cmd.iter().filter_map(|w| w.as_str()).collect();
         let _ = writeln!(out, "command: {}", words.join(" "));
+    }
+    if let Some(t) = v["tracking"].as_str() {
+        let _ = writeln!(out, "generations tracked by: {t}");
     }
     if let Some(f) = v["last_failure"].as_object() {
         let retry = v["next_restart_in_s"]

@@ -121,6 +121,10 @@ fn five_hundred_reloads_leave_fd_count_and_rss_flat() {
 fn ready_from_an_unrelated_process_is_ignored() {
     let h = with_fixture(&["--ready-timeout", "3s"], &["--never-ready"]);
     let pid = h.gen_pid(1);
+    // Until exec, /proc/PID/environ is still handoff's own (without NOTIFY_SOCKET).
+    wait_until("the child to have exec'd", WAIT, || {
+        environ(pid).contains_key("NOTIFY_SOCKET")
+    });
     let sock = environ(pid)
         .get("NOTIFY_SOCKET")
         .cloned()

@@ -315,3 +315,47 @@ fn the_next_start_removes_the_notify_directories_a_killed_handoff_left() {
     a.reload();
     a.ready(2);
 }
+
+#[test]
+#[ignore = "needs root (creates a cgroup per generation); CI's root stage runs it with --ignored"]
+fn workers_that_left_the_process_group_go_with_their_generation() {
+    // Serving workers that called setsid(): only a cgroup still knows they belong to their
+    // generation. Before cgroups they survived the reload and kept answering, unseen.
+    assert_eq!(handoff_sys::euid(), 0, "needs root to create cgroups");
+    let b = handoff();
+    let pids = b.dir().join("pids");
+    let h = b
+        .args(["--listen", "127.0.0.1:0", "--", "python3", &fixture()])
+        .args([
+            "--workers",
+            "2",
+            "--workers-serve",
+            "--workers-setsid",
+            "--orphan-workers",
+        ])
+        .arg("--pid-file")
+        .arg(&pids)
+        .start();
+    h.ready(1);
+    let (code, out, _) = h.cmd(&["status", "--json"]);
+    assert_eq!(code, 0);
+    let st: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(st["tracking"], "cgroup", "{st}");
+    let workers: Vec<u32> = std::fs::read_to_string(&pids)
+        .expect("pid file")
+        .split_whitespace()
+        .skip(2)
+        .map(|p| p.parse().expect("pid"))
+        .collect();
+    assert_eq!(workers.len(), 2);
+    h.reload();
+    h.ready(2);
+    h.wait("drained", &[("gen", 1.into())]);
+    wait_until("generation 1's setsid workers are gone", WAIT, || {
+        workers.iter().all(|&w| !alive(w))
+    });
+    let addr = h.addr(0);
+    for _ in 0..30 {
+        assert_eq!(get_json(addr, "/")["gen"], 2, "generation 1 still answers");
+    }
+}

@@ -503,6 +503,8 @@ pub struct Generations {
     layout: Layout,
     /// Layout::Shared: handoff's cgroup and the name of `handoff.PID` in it (removed on drop).
     instance: Option<(OwnedFd, String)>,
+    /// Layout::Shared: handoff moved itself into `handoff.PID/supervisor`.
+    moved: bool,
     cleaned: Vec<Cleaned>,
 }
 
@@ -514,12 +516,17 @@ impl Generations {
     /// start.
     pub fn setup() -> Result<Self, String> {
         let h = detect()?;
-        Self::setup_in(&h, &h.own)
+        Self::setup_with(&h, &h.own, true)
     }
 
     /// Like [`Generations::setup`], with `cgroup` (handoff's own or one below it) taken as
-    /// handoff's own cgroup. For tests: the same code on a cgroup of the test's.
+    /// handoff's own cgroup. For tests: the same code on a cgroup of the test's, except that
+    /// the calling process is never moved (a test binary's threads are other tests).
     pub fn setup_in(h: &Hierarchy, cgroup: &str) -> Result<Self, String> {
+        Self::setup_with(h, cgroup, false)
+    }
+
+    fn setup_with(h: &Hierarchy, cgroup: &str, move_self: bool) -> Result<Self, String> {
         if !is_under(cgroup, &h.own) || components(cgroup).is_none() {
             return Err(format!(
                 "cgroup {cgroup} is not under handoff's own cgroup {}",
@@ -559,7 +566,7 @@ impl Generations {
             else {
                 continue;
             };
-            if pid == me || !instance_alive(pid, cgroup) {
+            if pid == me || !instance_alive(own.as_fd(), &name) {
                 cleaned.extend(clean_stale(own.as_fd(), cgroup, &name, deadline));
             }
         }
@@ -569,6 +576,18 @@ impl Generations {
                 .map_err(|e| format!("cannot create cgroup {}: {e}", join(cgroup, &name)))?;
             let base = open_dir(own.as_fd(), &name)
                 .map_err(|e| format!("cannot open cgroup {}: {e}", join(cgroup, &name)))?;
+            // handoff itself lives in handoff.PID/supervisor while it runs: that is how
+            // another handoff tells a live instance from a stale one, whatever pid
+            // namespace either runs in (a pid is not visible across namespaces, a populated
+            // cgroup is).
+            if move_self {
+                move_self_to_supervisor(base.as_fd()).map_err(|e| {
+                    format!(
+                        "cannot move handoff into {}/supervisor: {e}",
+                        join(cgroup, &name)
+                    )
+                })?;
+            }
             return Ok(Self {
                 mount: h.mount.clone(),
                 own: cgroup.to_string(),
@@ -576,6 +595,7 @@ impl Generations {
                 base_cg: join(cgroup, &name),
                 layout: Layout::Shared,
                 instance: Some((own, name)),
+                moved: move_self,
                 cleaned,
             });
         }
@@ -587,7 +607,7 @@ impl Generations {
         }
         let controllers = read_at(own.as_fd(), c"cgroup.subtree_control")
             .map_err(|e| format!("cannot read {cgroup}/cgroup.subtree_control: {e}"))?;
-        let in_supervisor = !controllers.trim().is_empty();
+        let in_supervisor = move_self && !controllers.trim().is_empty();
         if in_supervisor {
             move_self_to_supervisor(own.as_fd())
                 .map_err(|e| format!("cannot move handoff into {cgroup}/supervisor (needed because {cgroup} has controllers enabled for its children): {e}"))?;
@@ -599,6 +619,7 @@ impl Generations {
             base_cg: cgroup.to_string(),
             layout: Layout::Own { in_supervisor },
             instance: None,
+            moved: false,
             cleaned,
         })
     }
@@ -664,6 +685,15 @@ impl Drop for Generations {
         // Layout::Shared: remove handoff.PID if its generations are gone (one rmdir, which
         // fails at once if not: never waits).
         if let Some((own, name)) = &self.instance {
+            if self.moved {
+                // Back into our own cgroup, so that the supervisor leaf can go too.
+                let _ = write_at(
+                    own.as_fd(),
+                    c"cgroup.procs",
+                    std::process::id().to_string().as_bytes(),
+                );
+                let _ = rmdir_at(self.base.as_fd(), "supervisor");
+            }
             let _ = rmdir_at(own.as_fd(), name);
         }
     }
@@ -694,16 +724,17 @@ fn open_cgroup(mount: &Path, cg: &str) -> io::Result<OwnedFd> {
     Ok(dir)
 }
 
-/// Whether the handoff that made `handoff.PID` in cgroup `cg` is still running: a live
-/// process (not a zombie) that is still in `cg` (a handoff of the shared layout never
-/// leaves it). A reused pid elsewhere does not count; one in the same cgroup keeps the
-/// directory (the safe way to be wrong).
-fn instance_alive(pid: u32, cg: &str) -> bool {
-    crate::procfs::is_running(pid)
-        && std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .ok()
-            .and_then(|t| parse_own(&t))
-            .is_some_and(|p| p == cg)
+/// Whether the handoff instance `name` (`handoff.PID`, in `own`) is alive: a live handoff is
+/// in its `supervisor` leaf. One without that leaf (or whose leaf cannot be read) counts as
+/// alive: the safe way to be wrong.
+fn instance_alive(own: BorrowedFd<'_>, name: &str) -> bool {
+    let Ok(inst) = open_dir(own, name) else {
+        return true;
+    };
+    match open_dir(inst.as_fd(), "supervisor") {
+        Ok(sup) => populated(sup.as_fd()).unwrap_or(true),
+        Err(_) => true,
+    }
 }
 
 /// Kill what is in the stale cgroup `name` (in `parent`, path `parent_cg`), wait for it to

@@ -176,10 +176,18 @@ fn a_shared_cgroup_gets_an_instance_cgroup_and_other_handoffs_are_left_alone() {
     // A live handoff's generations, in both layouts: never touched.
     let live_own = t.sub("gen-3");
     let live_own_pid = start_sleep(TestCgroup::procs(&live_own).as_fd());
-    let live_shared = t.sub(&format!("handoff.{neighbour}/gen-1"));
+    // A live handoff is in its instance's supervisor leaf; its pid need not be visible (it
+    // may run in another pid namespace).
+    let live_shared = t.sub("handoff.999999998/gen-1");
     let live_shared_pid = start_sleep(TestCgroup::procs(&live_shared).as_fd());
-    // A dead handoff's (pid 999999999 cannot exist): cleaned.
+    let live_sup = t.sub("handoff.999999998/supervisor");
+    let live_sup_pid = start_sleep(TestCgroup::procs(&live_sup).as_fd());
+    // An instance without that leaf cannot be judged: left alone too.
+    let unknown = t.sub("handoff.999999997/gen-1");
+    let unknown_pid = start_sleep(TestCgroup::procs(&unknown).as_fd());
+    // A dead handoff's: its supervisor leaf is empty. Cleaned.
     let dead = t.sub("handoff.999999999/gen-2");
+    let _ = t.sub("handoff.999999999/supervisor");
     let dead_pid = start_sleep(TestCgroup::procs(&dead).as_fd());
 
     let gens = Generations::setup_in(&t.hier, &t.cg).expect("setup");
@@ -193,7 +201,13 @@ fn a_shared_cgroup_gets_an_instance_cgroup_and_other_handoffs_are_left_alone() {
     assert_eq!(cleaned[0].removed, Ok(()));
     wait_child(dead_pid);
     assert!(!t.path.join("handoff.999999999").exists());
-    for p in [neighbour, live_own_pid, live_shared_pid] {
+    for p in [
+        neighbour,
+        live_own_pid,
+        live_shared_pid,
+        live_sup_pid,
+        unknown_pid,
+    ] {
         assert!(alive(p), "{p} was killed");
     }
 
@@ -212,7 +226,13 @@ fn a_shared_cgroup_gets_an_instance_cgroup_and_other_handoffs_are_left_alone() {
         "the instance cgroup is removed with the last generation"
     );
     drop(t);
-    for p in [neighbour, live_own_pid, live_shared_pid] {
+    for p in [
+        neighbour,
+        live_own_pid,
+        live_shared_pid,
+        live_sup_pid,
+        unknown_pid,
+    ] {
         wait_child(p);
     }
 }
@@ -239,7 +259,10 @@ fn a_child_that_cannot_join_its_cgroup_is_not_started() {
 fn setup_in_the_real_own_cgroup_and_nothing_left_after() {
     assert_root();
     let h = handoff_sys::cgroup::detect().expect("cgroup v2");
-    let gens = Generations::setup().expect("setup");
+    // setup_in, not setup: setup moves the calling process (with every thread of this test
+    // binary, and what the other tests fork meanwhile) into a supervisor leaf. The handoff
+    // binary's own start-up (the integration suite, run as root) covers that path.
+    let gens = Generations::setup_in(&h, &h.own).expect("setup");
     assert_eq!(gens.own(), h.own);
     // This test binary shares its cgroup (with cargo, other tests' children): never the
     // layout that would take every gen-* in it for its own.
