@@ -964,3 +964,109 @@ fn metrics_never_share_a_port_with_the_child() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("would share a port"));
 }
+
+/// A Kubernetes ConfigMap update, as the kubelet's atomic writer does it: a new timestamped
+/// directory, `..data` renamed over to point at it, the old directory deleted.
+fn configmap_update(dir: &std::path::Path, n: u32, content: &str) {
+    let new = dir.join(format!("..2026_{n}"));
+    std::fs::create_dir(&new).expect("mkdir");
+    std::fs::write(new.join("app.yaml"), content).expect("write");
+    let old = std::fs::read_link(dir.join("..data")).expect("..data");
+    std::os::unix::fs::symlink(format!("..2026_{n}"), dir.join("..data_tmp")).expect("symlink");
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("rename");
+    std::fs::remove_dir_all(dir.join(old)).expect("remove the old version");
+}
+
+/// Reloads so far, and no other one started within three debounce periods (an absence can
+/// only be observed over a window).
+fn settled_reloads(h: &Handoff) -> u64 {
+    std::thread::sleep(Duration::from_millis(600));
+    let (_, out, _) = h.cmd(&["status", "--json"]);
+    let v: Value = serde_json::from_str(&out).expect("json");
+    v["reloads"].as_u64().expect("reloads")
+}
+
+#[test]
+fn a_watched_configmap_file_reloads_once_per_update() {
+    // Before: the file was resolved once, into the first timestamped directory, which the
+    // first update deletes: one reload, then never again.
+    let b = handoff();
+    let vol = b.dir().join("config");
+    std::fs::create_dir(&vol).expect("mkdir");
+    std::fs::create_dir(vol.join("..2026_0")).expect("mkdir");
+    std::fs::write(vol.join("..2026_0/app.yaml"), "v0").expect("write");
+    std::os::unix::fs::symlink("..2026_0", vol.join("..data")).expect("symlink");
+    std::os::unix::fs::symlink("..data/app.yaml", vol.join("app.yaml")).expect("symlink");
+    let h = b
+        .args(["--listen", "127.0.0.1:0", "--watch"])
+        .arg(vol.join("app.yaml"))
+        .args(["--watch-debounce", "200ms", "--", "python3", &fixture()])
+        .start();
+    h.ready(1);
+    for n in 1..=3u32 {
+        configmap_update(&vol, n, &format!("v{n}"));
+        h.wait("reload_finished", &[("gen", (n as u64 + 1).into())]);
+        assert_eq!(settled_reloads(&h), n as u64, "one reload per update");
+    }
+}
+
+#[test]
+fn a_path_through_a_flipped_current_symlink_reloads_once_per_deploy() {
+    // Before: resolved once to releases/1; flips of `current` were never seen.
+    let b = handoff();
+    let app = b.dir().join("app");
+    for n in 1..=3 {
+        let r = app.join(format!("releases/{n}"));
+        std::fs::create_dir_all(&r).expect("mkdir");
+        std::fs::write(r.join("config.yml"), format!("release {n}")).expect("write");
+    }
+    std::os::unix::fs::symlink("releases/1", app.join("current")).expect("symlink");
+    let h = b
+        .args(["--listen", "127.0.0.1:0", "--watch"])
+        .arg(app.join("current/config.yml"))
+        .args(["--watch-debounce", "200ms", "--", "python3", &fixture()])
+        .start();
+    h.ready(1);
+    for n in 2..=3u64 {
+        // `ln -sfn` the atomic way: a new link renamed over the old one.
+        std::os::unix::fs::symlink(format!("releases/{n}"), app.join("current.new"))
+            .expect("symlink");
+        std::fs::rename(app.join("current.new"), app.join("current")).expect("rename");
+        h.wait("reload_finished", &[("gen", n.into())]);
+        assert_eq!(settled_reloads(&h), n - 1, "one reload per deploy");
+    }
+}
+
+#[test]
+#[ignore = "needs root (bind-mounts a file, as a Kubernetes subPath does)"]
+fn a_watched_file_on_a_mount_of_its_own_gets_a_warning() {
+    assert_eq!(handoff_sys::euid(), 0, "needs root to mount");
+    let b = handoff();
+    let src = b.dir().join("configmap-app.yaml");
+    let dst = b.dir().join("app.yaml");
+    std::fs::write(&src, "v1").expect("write");
+    std::fs::write(&dst, "").expect("write");
+    let ok = Command::new("mount")
+        .arg("--bind")
+        .args([&src, &dst])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "mount --bind failed");
+    struct Umount(std::path::PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _umount = Umount(dst.clone());
+    let h = b
+        .args(["--listen", "127.0.0.1:0", "--watch"])
+        .arg(&dst)
+        .args(["--", "python3", &fixture()])
+        .start();
+    let w = h.wait("watch_subpath", &[]);
+    assert!(
+        w["message"].as_str().is_some_and(|m| m.contains("subPath")),
+        "{w}"
+    );
+}
