@@ -100,8 +100,8 @@ pub struct TargetArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Socket to listen on and pass to the child, in order (fd 3, 4, ...). Repeatable.
-    /// Forms: 127.0.0.1:8080, [::1]:8080, [::]:8080, :8080 (all interfaces), tcp://HOST:PORT,
-    /// udp://HOST:PORT, unix:/path/app.sock. Prefix NAME= to name it in LISTEN_FDNAMES.
+    /// Forms: 127.0.0.1:8080, [::1]:8080, [::]:8080, :8080 or 8080 (all interfaces),
+    /// tcp://HOST:PORT, udp://HOST:PORT (udp://53: all interfaces), unix:/path/app.sock. Prefix NAME= to name it in LISTEN_FDNAMES.
     #[arg(short, long = "listen", value_name = "[NAME=]ADDR", value_parser = parse_listen)]
     pub listen: Vec<ListenSpec>,
 
