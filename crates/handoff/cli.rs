@@ -223,15 +223,42 @@ fn parse_signal(s: &str) -> Result<Signal, String> {
     Ok(sig)
 }
 
+/// A duration: `500ms`, `30s`, `2m`, `1h30m`, or a bare number of seconds (`30`, `1.5`), as
+/// systemd reads `TimeoutStopSec=30`.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("invalid duration \"{s}\": {e} (examples: 500ms, 30s, 2m)"))?;
+    let bad = |e: &dyn std::fmt::Display| {
+        format!("invalid duration \"{s}\": {e} (examples: 30, 500ms, 30s, 2m)")
+    };
+    let t = s.trim();
+    let d = match bare_seconds(t) {
+        Some(secs) => secs.ok_or_else(|| bad(&"number too large"))?,
+        None => humantime::parse_duration(t).map_err(|e| bad(&e))?,
+    };
     if d.is_zero() {
         return Err(format!(
             "invalid duration \"{s}\": must be greater than zero"
         ));
     }
     Ok(d)
+}
+
+/// `DIGITS[.DIGITS]` as seconds: `None` if `t` is not of that form, `Some(None)` if too large.
+fn bare_seconds(t: &str) -> Option<Option<Duration>> {
+    let (int, frac) = t.split_once('.').unwrap_or((t, ""));
+    let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    if int.is_empty() || !digits(int) || !digits(frac) || (t.contains('.') && frac.is_empty()) {
+        return None;
+    }
+    let Ok(secs) = int.parse::<u64>() else {
+        return Some(None);
+    };
+    // Nanoseconds from at most 9 fraction digits; more are below the clock's resolution.
+    let nanos = frac
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(9)
+        .fold(0u32, |n, b| n * 10 + u32::from(b - b'0'));
+    Some(Some(Duration::new(secs, nanos)))
 }
 
 /// `--control PATH` (or `none`): a unix socket path must fit `sun_path`, said as clearly as
@@ -259,6 +286,21 @@ mod tests {
         assert!(parse_duration("soon")
             .expect_err("bad")
             .contains("\"soon\""));
+    }
+
+    #[test]
+    fn bare_numbers_are_seconds() {
+        // As systemd's TimeoutStopSec=30.
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration(" 5 "), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0.25"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("0")
+            .expect_err("zero")
+            .contains("greater than zero"));
+        assert!(parse_duration("1.").is_err());
+        assert!(parse_duration(".5").is_err());
+        assert!(parse_duration("99999999999999999999999").is_err());
     }
 
     #[test]
