@@ -70,9 +70,67 @@ fn usage_error(e: clap::Error) -> ExitCode {
         .skip_while(|l| l.is_empty())
         .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
         .collect();
-    let msg = first.join(" ");
-    let msg = msg.trim_start_matches("error: ");
-    errors::exit(Err(Error::Usage(msg.to_string())))
+    let mut msg = first.join(" ").trim_start_matches("error: ").to_string();
+    // clap's tips come in later paragraphs: keep "a similar argument exists" (not the tip
+    // to pass an option as a value with `--`, which misleads here).
+    use clap::error::{ContextKind, ContextValue};
+    let arg = |k| match e.get(k) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(v)) => v.first().cloned(),
+        _ => None,
+    };
+    if let Some(s) = arg(ContextKind::SuggestedArg) {
+        msg.push_str(&format!("; a similar argument exists: '{s}'"));
+    } else if let Some(s) = arg(ContextKind::SuggestedSubcommand) {
+        msg.push_str(&format!("; a similar subcommand exists: '{s}'"));
+    } else if let (ErrorKind::UnknownArgument, Some(bad)) = (e.kind(), arg(ContextKind::InvalidArg))
+    {
+        // A word where handoff expected an option: the server's command without `--`
+        // (`handoff -l :8080 ./server`), or a misspelt subcommand.
+        let run_usage = text.contains("-- <COMMAND>");
+        if run_usage && !bad.starts_with('-') {
+            msg.push_str(&without_dashes(&bad));
+        }
+    }
+    errors::exit(Err(Error::Usage(msg)))
+}
+
+/// The hint for `bad`, a word given where handoff expected an option: a subcommand it is
+/// close to, or else the command line with `--` before the server's command.
+fn without_dashes(bad: &str) -> String {
+    use clap::CommandFactory;
+    let subs: Vec<String> = Cli::command()
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+        .map(|c| c.get_name().to_string())
+        .collect();
+    if let Some(s) = subs.iter().find(|s| edit_distance(s, bad) <= 2) {
+        return format!("; a similar subcommand exists: '{s}'");
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let i = args.iter().position(|a| a == bad).unwrap_or(args.len());
+    let (opts, cmd) = args.split_at(i);
+    let mut line = vec!["handoff".to_string()];
+    line.extend(opts.iter().cloned());
+    line.push("--".into());
+    line.extend(cmd.iter().cloned());
+    format!("; put -- before the server's command: {}", line.join(" "))
+}
+
+/// Levenshtein distance, for "a similar subcommand exists".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 // ---- handoff reload | status | stop -----------------------------------------------------
