@@ -129,9 +129,15 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Restart::Always)]
     pub restart: Restart,
 
-    /// Log format on stderr.
+    /// Log format on stderr: logfmt lines, or one JSON object per line. Under systemd each
+    /// line starts with its journald priority (<3>..<7>) and has no timestamp.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Least severe level logged [default: info, or RUST_LOG (EnvFilter syntax, e.g.
+    /// handoff=debug) when set; this option wins over RUST_LOG]
+    #[arg(long, value_enum, value_name = "LEVEL")]
+    pub log_level: Option<LogLevel>,
 
     /// Control socket for `handoff reload|status|stop` (mode 0600; same user or root).
     /// `none` disables it. [default: see `handoff status --help`; if another handoff already
@@ -207,6 +213,33 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, fields at the top level.
     Json,
+}
+
+/// `--log-level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    /// The service is degraded: nothing serves, a generation or a reload failed.
+    Error,
+    /// Something needed force or was refused.
+    Warn,
+    /// Every step of every generation.
+    Info,
+    /// Also what handoff ignores (notify lines it does not understand).
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn filter(self) -> tracing_subscriber::filter::LevelFilter {
+        use tracing_subscriber::filter::LevelFilter;
+        match self {
+            Self::Error => LevelFilter::ERROR,
+            Self::Warn => LevelFilter::WARN,
+            Self::Info => LevelFilter::INFO,
+            Self::Debug => LevelFilter::DEBUG,
+            Self::Trace => LevelFilter::TRACE,
+        }
+    }
 }
 
 fn parse_listen(s: &str) -> Result<ListenSpec, String> {

@@ -36,6 +36,8 @@ pub const VERSION: &str = concat!(
 );
 
 fn main() -> ExitCode {
+    // Before parsing: a usage error is a JSON line too with --log-format json.
+    logging::Style::from_args(std::env::args_os()).set();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => return usage_error(e),
@@ -48,7 +50,7 @@ fn main() -> ExitCode {
             // Nothing handoff inherited (a CI runner's pipe, a shell's fd) may leak into
             // children: mark it all close-on-exec.
             handoff_sys::cloexec_inherited(&[]);
-            logging::init(cli.run.log_format);
+            logging::init(cli.run.log_format, cli.run.log_level);
             run(cli.run, inherited)
         }
     })
@@ -353,7 +355,7 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
         let listeners = guard.into_inner();
         for (i, l) in listeners.iter().enumerate() {
             tracing::info!(event = "listening", index = i, fd = 3 + i, name = %l.name, addr = %l.local,
-                kind = l.kind.as_str(), inherited = l.inherited,
+                kind = l.kind.as_str(), inherited = l.inherited, msg = "listening",
                 "listening on {} (fd {} in the child, name {}{})", l.local, 3 + i, l.name,
                 if l.inherited { ", from the service manager" } else { "" });
         }
@@ -432,6 +434,7 @@ fn setup_listeners(
         }
         for (_, name) in inherited.into_iter().flatten() {
             tracing::warn!(event = "unused_socket", name = %name,
+                msg = "socket from the service manager matches no --listen name; closing it",
                 "socket {name} from the service manager matches no --listen name; closing it");
         }
     }
@@ -454,14 +457,17 @@ fn setup_control(cli: &RunArgs) -> Result<driver::ControlSockets, String> {
                     c.listeners.push(l);
                     c.file = Some(f);
                 }
-                Err(e) => tracing::warn!(event = "control_unavailable",
+                Err(e) => tracing::warn!(event = "control_unavailable", error = %e,
+                    msg = "running without a control socket file (the pid file, signals and the abstract address still work)",
                     "{e}; running without a control socket file (the pid file, signals and the abstract address still work)"),
             }
         }
     }
     match control::bind_abstract() {
         Ok(l) => c.listeners.push(l),
-        Err(e) => tracing::warn!("cannot listen on the abstract control address: {e}"),
+        Err(e) => tracing::warn!(event = "control_abstract_unavailable", error = %e,
+            msg = "cannot listen on the abstract control address",
+            "cannot listen on the abstract control address: {e}"),
     }
     Ok(c)
 }
