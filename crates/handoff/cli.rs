@@ -67,9 +67,19 @@ pub enum Sub {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff): handoff man > handoff.1
+    /// Print a man page (roff): handoff man > handoff.1, handoff man reload >
+    /// handoff-reload.1; or write them all with --dir
     #[command(hide = true)]
-    Man,
+    Man {
+        /// The subcommand whose page to print (reload, status, stop, completions); none for
+        /// handoff(1).
+        #[arg(value_name = "SUBCOMMAND")]
+        page: Option<String>,
+        /// Write every page (handoff.1, handoff-reload.1, ...) into this directory and print
+        /// their paths.
+        #[arg(long, value_name = "DIR", conflicts_with = "page")]
+        dir: Option<PathBuf>,
+    },
     /// Stop the running handoff gracefully and wait until it has exited.
     Stop {
         #[command(flatten)]

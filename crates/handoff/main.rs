@@ -6,6 +6,7 @@ mod driver;
 mod errors;
 mod intake;
 mod logging;
+mod man;
 mod pidfile;
 mod sdnotify;
 mod signals;
@@ -201,10 +202,24 @@ fn client(sub: Sub) -> Result<i32, Error> {
             say(&String::from_utf8_lossy(&buf));
             Ok(0)
         }
-        Sub::Man => {
-            use clap::CommandFactory;
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
+        Sub::Man { page, dir } => {
+            if let Some(dir) = dir {
+                std::fs::create_dir_all(&dir).map_err(Error::Output)?;
+                for (name, text) in man::all() {
+                    std::fs::write(dir.join(&name), text).map_err(Error::Output)?;
+                    say(&dir.join(name).display().to_string());
+                }
+                return Ok(0);
+            }
+            let text = man::page(page.as_deref()).ok_or_else(|| {
+                Error::Usage(format!(
+                    "no man page for {:?}; pages: {}",
+                    page.unwrap_or_default(),
+                    man::subcommands().join(", ")
+                ))
+            })?;
+            std::io::stdout()
+                .write_all(text.as_bytes())
                 .map_err(Error::Output)?;
             Ok(0)
         }

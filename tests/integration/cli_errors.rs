@@ -238,3 +238,35 @@ fn a_command_without_dashes_says_to_put_them() {
     );
     assert!(!marker.exists(), "nothing started");
 }
+
+#[test]
+fn man_pages_for_every_subcommand() {
+    let out = Command::new(BIN)
+        .args(["man", "reload"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.contains(".TH handoff-reload 1"), "{page}");
+    let (code, err) = run_args(&["man", "nope"]);
+    assert_eq!(code, 2);
+    one_line(&err, "no man page for \"nope\"");
+    let dir = TempDir::new();
+    let out = Command::new(BIN)
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    for p in [
+        "handoff.1",
+        "handoff-reload.1",
+        "handoff-status.1",
+        "handoff-stop.1",
+        "handoff-completions.1",
+    ] {
+        let text =
+            std::fs::read_to_string(dir.path().join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+        assert!(text.contains(".SH NAME"), "{p}");
+    }
+}
