@@ -355,6 +355,22 @@ rm -f /run/systemd/system/app.service.d/50-watchdog-test.conf
 systemctl daemon-reload
 
 # ---------------------------------------------------------------------------------------
+section forced-stop "exit status 3 (something had to be killed) is a clean stop: SuccessExitStatus=3"
+NR2=$(prop "$SVC" NRestarts)
+/usr/bin/handoff stop --force --control /run/app/handoff.sock >"$WORK/stop.out" 2>&1
+rc=$?
+info "handoff stop --force -> exit $rc: $(paste -sd' ' "$WORK/stop.out")"
+is "$rc" 3 "handoff stop --force exit status"
+wait_for 10 eval '[ "$(prop "$SVC" ActiveState)" != active ] && [ "$(prop "$SVC" ActiveState)" != deactivating ]'
+is "$(state)" "inactive/dead" "app.service after handoff exited 3 (inactive, not failed)"
+is "$(prop "$SVC" Result)" success "Result"
+is "$(prop "$SVC" ExecMainStatus)" 3 "handoff's exit status"
+is "$(prop "$SVC" NRestarts)" "$NR2" "NRestarts (Restart=on-failure did not start it again)"
+systemctl start "$SVC"
+wait_for 15 eval 'field / gen >/dev/null 2>&1'
+is "$(state)" "active/running" "app.service started again for the next section"
+
+# ---------------------------------------------------------------------------------------
 section cleanup "stop everything: nothing is left, not even a process that escaped handoff"
 CG=$(prop "$SVC" ControlGroup)
 # A stray process in app.service's cgroup that is not in any generation's process group (as a
