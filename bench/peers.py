@@ -600,7 +600,7 @@ def reload_phase(tool, procs, args):
         res["odd"] = Counter(e.get("event") for e in t.log.all()
                              if e.get("level") in ("WARN", "ERROR")
                              or e.get("event") in ("failed", "exited", "killed"))
-        res["drained"] = Counter(str(e.get("status")) for e in t.log.all()
+        res["drained"] = Counter(str(e.get("exit_status")) for e in t.log.all()
                                  if e.get("event") == "drained")
     t.stop()
     return res

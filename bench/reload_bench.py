@@ -459,7 +459,7 @@ def overhead(h, start):
             "ready_ms": of("ready", "ready_ms"),
             "reload_ms": of("reload_finished", "duration_ms"),
             "drain_ms": of("drained", "drain_ms"),
-            "drain_status": Counter(e.get("status") for e in evs if e.get("event") == "drained")}
+            "drain_status": Counter(e.get("exit_status") for e in evs if e.get("event") == "drained")}
 
 
 def scenario_a(args, procs, res):

@@ -84,9 +84,19 @@ pub enum Sub {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff): handoff man > handoff.1
+    /// Print a man page (roff): handoff man > handoff.1, handoff man reload >
+    /// handoff-reload.1; or write them all with --dir
     #[command(hide = true)]
-    Man,
+    Man {
+        /// The subcommand whose page to print (reload, status, stop, completions); none for
+        /// handoff(1).
+        #[arg(value_name = "SUBCOMMAND")]
+        page: Option<String>,
+        /// Write every page (handoff.1, handoff-reload.1, ...) into this directory and print
+        /// their paths.
+        #[arg(long, value_name = "DIR", conflicts_with = "page")]
+        dir: Option<PathBuf>,
+    },
     /// Stop the running handoff gracefully and wait until it has exited.
     Stop {
         #[command(flatten)]
@@ -117,8 +127,8 @@ pub struct TargetArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Socket to listen on and pass to the child, in order (fd 3, 4, ...). Repeatable.
-    /// Forms: 127.0.0.1:8080, [::1]:8080, [::]:8080, :8080 (all interfaces), tcp://HOST:PORT,
-    /// udp://HOST:PORT, unix:/path/app.sock. Prefix NAME= to name it in LISTEN_FDNAMES.
+    /// Forms: 127.0.0.1:8080, [::1]:8080, [::]:8080, :8080 or 8080 (all interfaces),
+    /// tcp://HOST:PORT, udp://HOST:PORT (udp://53: all interfaces), unix:/path/app.sock. Prefix NAME= to name it in LISTEN_FDNAMES.
     #[arg(short, long = "listen", value_name = "[NAME=]ADDR", value_parser = parse_listen)]
     pub listen: Vec<ListenSpec>,
 
@@ -154,9 +164,15 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Restart::Always)]
     pub restart: Restart,
 
-    /// Log format on stderr.
+    /// Log format on stderr: logfmt lines, or one JSON object per line. Under systemd each
+    /// line starts with its journald priority (<3>..<7>) and has no timestamp.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Least severe level logged [default: info, or RUST_LOG (EnvFilter syntax, e.g.
+    /// handoff=debug) when set; this option wins over RUST_LOG]
+    #[arg(long, value_enum, value_name = "LEVEL")]
+    pub log_level: Option<LogLevel>,
 
     /// Control socket for `handoff reload|status|stop` (mode 0600; same user or root).
     /// `none` disables it. [default: see `handoff status --help`; if another handoff already
@@ -239,6 +255,33 @@ pub enum LogFormat {
     Json,
 }
 
+/// `--log-level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    /// The service is degraded: nothing serves, a generation or a reload failed.
+    Error,
+    /// Something needed force or was refused.
+    Warn,
+    /// Every step of every generation.
+    Info,
+    /// Also what handoff ignores (notify lines it does not understand).
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn filter(self) -> tracing_subscriber::filter::LevelFilter {
+        use tracing_subscriber::filter::LevelFilter;
+        match self {
+            Self::Error => LevelFilter::ERROR,
+            Self::Warn => LevelFilter::WARN,
+            Self::Info => LevelFilter::INFO,
+            Self::Debug => LevelFilter::DEBUG,
+            Self::Trace => LevelFilter::TRACE,
+        }
+    }
+}
+
 fn parse_listen(s: &str) -> Result<ListenSpec, String> {
     ListenSpec::parse(s).map_err(|e| e.to_string())
 }
@@ -253,9 +296,17 @@ fn parse_signal(s: &str) -> Result<Signal, String> {
     Ok(sig)
 }
 
+/// A duration: `500ms`, `30s`, `2m`, `1h30m`, or a bare number of seconds (`30`, `1.5`), as
+/// systemd reads `TimeoutStopSec=30`.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("invalid duration \"{s}\": {e} (examples: 500ms, 30s, 2m)"))?;
+    let bad = |e: &dyn std::fmt::Display| {
+        format!("invalid duration \"{s}\": {e} (examples: 30, 500ms, 30s, 2m)")
+    };
+    let t = s.trim();
+    let d = match bare_seconds(t) {
+        Some(secs) => secs.ok_or_else(|| bad(&"number too large"))?,
+        None => humantime::parse_duration(t).map_err(|e| bad(&e))?,
+    };
     if d.is_zero() {
         return Err(format!(
             "invalid duration \"{s}\": must be greater than zero"
@@ -273,6 +324,25 @@ fn parse_metrics_addr(s: &str) -> Result<std::net::SocketAddr, String> {
     full.parse().map_err(|_| {
         format!("invalid metrics address \"{s}\": expected IP:PORT or :PORT, e.g. 127.0.0.1:9100")
     })
+}
+
+/// `DIGITS[.DIGITS]` as seconds: `None` if `t` is not of that form, `Some(None)` if too large.
+fn bare_seconds(t: &str) -> Option<Option<Duration>> {
+    let (int, frac) = t.split_once('.').unwrap_or((t, ""));
+    let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    if int.is_empty() || !digits(int) || !digits(frac) || (t.contains('.') && frac.is_empty()) {
+        return None;
+    }
+    let Ok(secs) = int.parse::<u64>() else {
+        return Some(None);
+    };
+    // Nanoseconds from at most 9 fraction digits; more are below the clock's resolution.
+    let nanos = frac
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(9)
+        .fold(0u32, |n, b| n * 10 + u32::from(b - b'0'));
+    Some(Some(Duration::new(secs, nanos)))
 }
 
 /// `--control PATH` (or `none`): a unix socket path must fit `sun_path`, said as clearly as
@@ -300,6 +370,21 @@ mod tests {
         assert!(parse_duration("soon")
             .expect_err("bad")
             .contains("\"soon\""));
+    }
+
+    #[test]
+    fn bare_numbers_are_seconds() {
+        // As systemd's TimeoutStopSec=30.
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration(" 5 "), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0.25"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("0")
+            .expect_err("zero")
+            .contains("greater than zero"));
+        assert!(parse_duration("1.").is_err());
+        assert!(parse_duration(".5").is_err());
+        assert!(parse_duration("99999999999999999999999").is_err());
     }
 
     #[test]

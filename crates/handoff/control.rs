@@ -248,6 +248,9 @@ pub async fn serve(
                     tracing::warn!(
                         event = "control_accept_error",
                         count = failures,
+                        error = %e,
+                        retry_ms = d.as_millis() as u64,
+                        msg = "cannot accept a control connection",
                         "cannot accept a control connection: {e}; next attempt in {} ms",
                         d.as_millis()
                     );

@@ -32,7 +32,7 @@ use handoff_sys::notify_socket::{NotifySocket, RuntimeDir};
 use handoff_sys::spawn::{self, Creds};
 use handoff_sys::{kill, reaper};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::control::{self, Command, Incoming};
 use crate::intake::{Datagram, Intake};
@@ -330,7 +330,7 @@ impl Driver {
                     (Target::Group, None) => kill::signal_group(pid, signal),
                 };
                 if let Err(e) = res {
-                    warn!(event = "signal_error", gen, pid, signal = %signal, "cannot send {signal} to {pid}: {e}");
+                    warn!(event = "signal_error", gen, pid, signal = %signal, error = %e, msg = "cannot send a signal", "cannot send {signal} to {pid}: {e}");
                 }
             }
             Action::Retire { gen, leftovers } => {
@@ -339,7 +339,10 @@ impl Driver {
                     if let Ok(true) = kill::signal_group(pgid, Signal::KILL) {
                         info!(
                             event = "leftovers_killed",
-                            gen, pgid, "killed leftover processes of generation {gen}"
+                            gen,
+                            pgid,
+                            msg = "killed leftover processes of the generation",
+                            "killed leftover processes of generation {gen}"
                         );
                     }
                 }
@@ -352,6 +355,7 @@ impl Driver {
                             gen,
                             cgroup = cg.cgroup(),
                             count = pids.len(),
+                            msg = "killed leftover processes of the generation in its cgroup",
                             "killed {} leftover process(es) of generation {gen} in its cgroup",
                             pids.len()
                         );
@@ -427,7 +431,7 @@ impl Driver {
             Some(all) => match all.create(gen) {
                 Ok(cg) => Some(cg),
                 Err(e) => {
-                    warn!(event = "cgroup_error", gen, "cannot create the cgroup of generation {gen}: {e}; it is tracked by its process group");
+                    warn!(event = "cgroup_error", gen, error = %e, msg = "cannot create the generation's cgroup; tracked by its process group", "cannot create the cgroup of generation {gen}: {e}; it is tracked by its process group");
                     None
                 }
             },
@@ -494,12 +498,14 @@ impl Driver {
             }
             match l.restore() {
                 Ok(()) => {
-                    warn!(event = "listener_restored", gen, index = i, addr = %l.local,
+                    warn!(event = "listener_restored", gen, index = i, addr = %l.local, msg = "listener stopped listening (a process called shutdown() on it); re-created it",
                         "listener {} stopped listening after generation {gen} exited (a process called shutdown() on it); re-created it", l.local);
                     restored += 1;
                 }
-                Err(e) => warn!(event = "listener_broken", gen, index = i, addr = %l.local,
-                    "listener {} stopped listening after generation {gen} exited and cannot be re-created: {e}", l.local),
+                Err(e) => {
+                    error!(event = "listener_broken", gen, index = i, addr = %l.local, error = %e, msg = "listener stopped listening and cannot be re-created",
+                    "listener {} stopped listening after generation {gen} exited and cannot be re-created: {e}", l.local)
+                }
             }
         }
         restored
@@ -520,10 +526,14 @@ impl Driver {
                 continue;
             }
             match l.restore() {
-                Ok(()) => warn!(event = "listener_restored", gen, index = i, addr = %l.local,
-                    "the socket file of {} was deleted or replaced; bound it again for generation {gen}", l.local),
-                Err(e) => warn!(event = "listener_broken", gen, index = i, addr = %l.local,
-                    "the socket file of {} was deleted or replaced and cannot be bound again: {e}", l.local),
+                Ok(()) => {
+                    warn!(event = "listener_restored", gen, index = i, addr = %l.local, msg = "socket file deleted or replaced; bound it again",
+                    "the socket file of {} was deleted or replaced; bound it again for generation {gen}", l.local)
+                }
+                Err(e) => {
+                    error!(event = "listener_broken", gen, index = i, addr = %l.local, error = %e, msg = "socket file deleted or replaced and cannot be bound again",
+                    "the socket file of {} was deleted or replaced and cannot be bound again: {e}", l.local)
+                }
             }
         }
     }
@@ -544,7 +554,7 @@ impl Driver {
             Err(e) => {
                 warn!(
                     event = "probe_error",
-                    gen, "cannot run the ready probe: {e}"
+                    gen, error = %e, msg = "cannot run the ready probe", "cannot run the ready probe: {e}"
                 );
                 self.handle(Event::ProbeResult { gen, ok: false });
             }
@@ -587,6 +597,7 @@ impl Driver {
             info!(
                 event = "orphans_killed",
                 count = left.len(),
+                msg = "killed leftover processes",
                 "killed {} leftover process(es)",
                 left.len()
             );

@@ -45,12 +45,13 @@ impl fmt::Display for Error {
 }
 
 /// The process exit status for `res`: the code returned on success (a stopped server's
-/// status), else the error's, after printing it as one line on stderr.
+/// status), else the error's, after printing it as one line on stderr (a JSON log line with
+/// `--log-format json`).
 pub fn exit(res: Result<i32, Error>) -> ExitCode {
     let code = match res {
         Ok(code) => code,
         Err(e) => {
-            crate::logging::error_line(&format!("handoff: error: {e}"));
+            crate::logging::fatal(&e.to_string(), e.exit_code());
             e.exit_code()
         }
     };

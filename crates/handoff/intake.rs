@@ -16,6 +16,8 @@ use handoff_sys::procfs;
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, warn};
 
+use crate::logging::child_text;
+
 /// Most datagrams read from one socket per wake-up: a flood from one child is served a batch
 /// at a time, and the event loop's other inputs get their turn in between.
 pub const BATCH: usize = 64;
@@ -127,15 +129,27 @@ impl Intake {
                     gen,
                     sender,
                     count = n,
+                    msg = "ignored a notify message from a process outside the generation",
                     "ignored notify message from pid {sender}: not part of generation {gen}"
                 );
             }
             return None;
         }
         match parse_notify(&payload) {
-            Ok(msg) => Some((gen, msg)),
+            Ok(msg) => {
+                for i in &msg.ignored {
+                    let line = child_text(&i.line);
+                    let why = i.why.as_str();
+                    debug!(event = "notify_ignored", gen, sender, line = %line, reason = why,
+                        msg = "ignored a notify line",
+                        "ignored notify line {line:?} from pid {sender} of generation {gen}: {why}");
+                }
+                Some((gen, msg))
+            }
             Err(e) => {
-                debug!(gen, "ignored notify datagram from {sender}: {e}");
+                debug!(event = "notify_invalid", gen, sender, error = %e,
+                    msg = "ignored a notify datagram",
+                    "ignored notify datagram from pid {sender} of generation {gen}: {e}");
                 None
             }
         }
@@ -151,7 +165,8 @@ fn attribute(gen: GenId, leader: Pid, r: Received) -> Option<Datagram> {
             payload,
         }),
         Received::Invalid(why) => {
-            debug!(gen, "ignored notify datagram: {why}");
+            debug!(event = "notify_invalid", gen, error = %why, msg = "ignored a notify datagram",
+                "ignored notify datagram for generation {gen}: {why}");
             None
         }
         Received::Empty => None,

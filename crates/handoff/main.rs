@@ -6,6 +6,7 @@ mod driver;
 mod errors;
 mod intake;
 mod logging;
+mod man;
 mod metrics;
 mod pidfile;
 mod sdnotify;
@@ -37,6 +38,8 @@ pub const VERSION: &str = concat!(
 );
 
 fn main() -> ExitCode {
+    // Before parsing: a usage error is a JSON line too with --log-format json.
+    logging::Style::from_args(std::env::args_os()).set();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => return usage_error(e),
@@ -49,7 +52,7 @@ fn main() -> ExitCode {
             // Nothing handoff inherited (a CI runner's pipe, a shell's fd) may leak into
             // children: mark it all close-on-exec.
             handoff_sys::cloexec_inherited(&[]);
-            logging::init(cli.run.log_format);
+            logging::init(cli.run.log_format, cli.run.log_level);
             run(cli.run, inherited)
         }
     })
@@ -71,9 +74,67 @@ fn usage_error(e: clap::Error) -> ExitCode {
         .skip_while(|l| l.is_empty())
         .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
         .collect();
-    let msg = first.join(" ");
-    let msg = msg.trim_start_matches("error: ");
-    errors::exit(Err(Error::Usage(msg.to_string())))
+    let mut msg = first.join(" ").trim_start_matches("error: ").to_string();
+    // clap's tips come in later paragraphs: keep "a similar argument exists" (not the tip
+    // to pass an option as a value with `--`, which misleads here).
+    use clap::error::{ContextKind, ContextValue};
+    let arg = |k| match e.get(k) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(v)) => v.first().cloned(),
+        _ => None,
+    };
+    if let Some(s) = arg(ContextKind::SuggestedArg) {
+        msg.push_str(&format!("; a similar argument exists: '{s}'"));
+    } else if let Some(s) = arg(ContextKind::SuggestedSubcommand) {
+        msg.push_str(&format!("; a similar subcommand exists: '{s}'"));
+    } else if let (ErrorKind::UnknownArgument, Some(bad)) = (e.kind(), arg(ContextKind::InvalidArg))
+    {
+        // A word where handoff expected an option: the server's command without `--`
+        // (`handoff -l :8080 ./server`), or a misspelt subcommand.
+        let run_usage = text.contains("-- <COMMAND>");
+        if run_usage && !bad.starts_with('-') {
+            msg.push_str(&without_dashes(&bad));
+        }
+    }
+    errors::exit(Err(Error::Usage(msg)))
+}
+
+/// The hint for `bad`, a word given where handoff expected an option: a subcommand it is
+/// close to, or else the command line with `--` before the server's command.
+fn without_dashes(bad: &str) -> String {
+    use clap::CommandFactory;
+    let subs: Vec<String> = Cli::command()
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+        .map(|c| c.get_name().to_string())
+        .collect();
+    if let Some(s) = subs.iter().find(|s| edit_distance(s, bad) <= 2) {
+        return format!("; a similar subcommand exists: '{s}'");
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let i = args.iter().position(|a| a == bad).unwrap_or(args.len());
+    let (opts, cmd) = args.split_at(i);
+    let mut line = vec!["handoff".to_string()];
+    line.extend(opts.iter().cloned());
+    line.push("--".into());
+    line.extend(cmd.iter().cloned());
+    format!("; put -- before the server's command: {}", line.join(" "))
+}
+
+/// Levenshtein distance, for "a similar subcommand exists".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 // ---- handoff reload | status | stop -----------------------------------------------------
@@ -193,10 +254,24 @@ fn client(sub: Sub) -> Result<i32, Error> {
             say(&String::from_utf8_lossy(&buf));
             Ok(0)
         }
-        Sub::Man => {
-            use clap::CommandFactory;
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
+        Sub::Man { page, dir } => {
+            if let Some(dir) = dir {
+                std::fs::create_dir_all(&dir).map_err(Error::Output)?;
+                for (name, text) in man::all() {
+                    std::fs::write(dir.join(&name), text).map_err(Error::Output)?;
+                    say(&dir.join(name).display().to_string());
+                }
+                return Ok(0);
+            }
+            let text = man::page(page.as_deref()).ok_or_else(|| {
+                Error::Usage(format!(
+                    "no man page for {:?}; pages: {}",
+                    page.unwrap_or_default(),
+                    man::subcommands().join(", ")
+                ))
+            })?;
+            std::io::stdout()
+                .write_all(text.as_bytes())
                 .map_err(Error::Output)?;
             Ok(0)
         }
@@ -361,7 +436,7 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
                     Error::Start(format!("cannot serve metrics on {addr}: {e}"))
                 })?;
                 let local = l.local_addr().map_or(addr, |a| a);
-                tracing::info!(event = "metrics", addr = %local, "metrics at http://{local}/metrics");
+                tracing::info!(event = "metrics", addr = %local, msg = "serving metrics at /metrics", "metrics at http://{local}/metrics");
                 Some((metrics::Metrics::default(), l))
             }
             None => None,
@@ -369,25 +444,25 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
         let listeners = guard.into_inner();
         for (i, l) in listeners.iter().enumerate() {
             tracing::info!(event = "listening", index = i, fd = 3 + i, name = %l.name, addr = %l.local,
-                kind = l.kind.as_str(), inherited = l.inherited,
+                kind = l.kind.as_str(), inherited = l.inherited, msg = "listening",
                 "listening on {} (fd {} in the child, name {}{})", l.local, 3 + i, l.name,
                 if l.inherited { ", from the service manager" } else { "" });
         }
         // Said once start-up has succeeded: a failed start keeps to its one error line.
         for p in dir.stale_removed() {
-            tracing::info!(event = "stale_removed", path = %p.display(),
+            tracing::info!(event = "stale_removed", path = %p.display(), msg = "removed what a handoff no longer running left",
                 "removed {}, left by a handoff that is no longer running", p.display());
         }
         let cgroups = match cgroups {
             Ok(g) => {
                 for c in g.cleaned() {
-                    tracing::warn!(event = "stale_cgroup", cgroup = %c.cgroup, killed = c.killed.len(),
+                    tracing::warn!(event = "stale_cgroup", cgroup = %c.cgroup, killed = c.killed.len(), msg = "killed what a previous handoff left in its cgroup",
                         "killed {} process(es) a previous handoff left in cgroup {}", c.killed.len(), c.cgroup);
                 }
                 Some(g)
             }
             Err(why) => {
-                tracing::info!(event = "no_cgroups", "{why}; a generation is tracked by its process group");
+                tracing::info!(event = "no_cgroups", reason = %why, msg = "no cgroups: a generation is tracked by its process group", "{why}; a generation is tracked by its process group");
                 None
             }
         };
@@ -468,6 +543,7 @@ fn setup_listeners(
         }
         for (_, name) in inherited.into_iter().flatten() {
             tracing::warn!(event = "unused_socket", name = %name,
+                msg = "socket from the service manager matches no --listen name; closing it",
                 "socket {name} from the service manager matches no --listen name; closing it");
         }
     }
@@ -490,14 +566,17 @@ fn setup_control(cli: &RunArgs) -> Result<driver::ControlSockets, String> {
                     c.listeners.push(l);
                     c.file = Some(f);
                 }
-                Err(e) => tracing::warn!(event = "control_unavailable",
+                Err(e) => tracing::warn!(event = "control_unavailable", error = %e,
+                    msg = "running without a control socket file (the pid file, signals and the abstract address still work)",
                     "{e}; running without a control socket file (the pid file, signals and the abstract address still work)"),
             }
         }
     }
     match control::bind_abstract() {
         Ok(l) => c.listeners.push(l),
-        Err(e) => tracing::warn!("cannot listen on the abstract control address: {e}"),
+        Err(e) => tracing::warn!(event = "control_abstract_unavailable", error = %e,
+            msg = "cannot listen on the abstract control address",
+            "cannot listen on the abstract control address: {e}"),
     }
     Ok(c)
 }

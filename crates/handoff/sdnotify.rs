@@ -84,7 +84,7 @@ impl SdNotify {
             msg.push('\n');
         }
         if let Err(e) = self.sock.send_to_addr(msg.as_bytes(), &self.addr) {
-            tracing::debug!("sd_notify failed: {e}");
+            tracing::debug!(event = "sd_notify_error", error = %e, msg = "cannot notify the service manager", "sd_notify failed: {e}");
         }
     }
 }

@@ -142,7 +142,7 @@ pub fn start(paths: &[PathBuf]) -> Result<Option<Watcher>, String> {
     }
     for p in paths {
         if is_own_mount(p) {
-            tracing::warn!(event = "watch_subpath", path = %p.display(),
+            tracing::warn!(event = "watch_subpath", path = %p.display(), msg = "a watched file is a mount of its own (a Kubernetes subPath?): its updates never arrive",
                 "{} is a mount of its own (a Kubernetes subPath?): updates of its ConfigMap or Secret never reach it; mount the volume as a directory and watch the file in it", p.display());
         }
     }
@@ -173,7 +173,7 @@ pub fn start(paths: &[PathBuf]) -> Result<Option<Watcher>, String> {
                     *old = new;
                 }
                 if let Err(e) = rewatch(&mut w, &mut watched, &state) {
-                    tracing::warn!(event = "watch_error", "{e}");
+                    tracing::warn!(event = "watch_error", error = %e, msg = "cannot watch a path", "{e}");
                 }
                 if fire {
                     notify.notify_one();

@@ -198,3 +198,75 @@ fn a_script_whose_interpreter_is_missing_names_the_interpreter() {
         "its interpreter /nonexistent/bin/python3 (named on its #! line) is missing",
     );
 }
+
+/// Run handoff with exactly `args` (no command appended); (exit code, stderr).
+fn run_args(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN).args(args).output().expect("run handoff");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn a_misspelt_option_keeps_clap_s_suggestion() {
+    let (code, err) = run_args(&["--listn", "127.0.0.1:0", "--", "true"]);
+    assert_eq!(code, 2);
+    one_line(&err, "a similar argument exists: '--listen'");
+    let (code, err) = run_args(&["status", "--jsn"]);
+    assert_eq!(code, 2);
+    one_line(&err, "a similar argument exists: '--json'");
+    let (code, err) = run_args(&["relod"]);
+    assert_eq!(code, 2);
+    one_line(&err, "a similar subcommand exists: 'reload'");
+}
+
+#[test]
+fn a_command_without_dashes_says_to_put_them() {
+    let dir = TempDir::new();
+    let marker = dir.path().join("started");
+    let m = marker.to_str().expect("utf8");
+    let (code, err) = run_args(&["-l", "127.0.0.1:0", "touch", m]);
+    assert_eq!(code, 2);
+    one_line(
+        &err,
+        &format!("put -- before the server's command: handoff -l 127.0.0.1:0 -- touch {m}"),
+    );
+    let (code, err) = run_args(&["./server"]);
+    assert_eq!(code, 2);
+    one_line(
+        &err,
+        "put -- before the server's command: handoff -- ./server",
+    );
+    assert!(!marker.exists(), "nothing started");
+}
+
+#[test]
+fn man_pages_for_every_subcommand() {
+    let out = Command::new(BIN)
+        .args(["man", "reload"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.contains(".TH handoff-reload 1"), "{page}");
+    let (code, err) = run_args(&["man", "nope"]);
+    assert_eq!(code, 2);
+    one_line(&err, "no man page for \"nope\"");
+    let dir = TempDir::new();
+    let out = Command::new(BIN)
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    for p in [
+        "handoff.1",
+        "handoff-reload.1",
+        "handoff-status.1",
+        "handoff-stop.1",
+        "handoff-completions.1",
+    ] {
+        let text =
+            std::fs::read_to_string(dir.path().join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+        assert!(text.contains(".SH NAME"), "{p}");
+    }
+}

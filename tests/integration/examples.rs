@@ -139,7 +139,7 @@ fn reload_under_load(mut h: Handoff, hello: &str) {
         }
         let drained = h.wait("drained", &[("gen", old.into())]);
         assert_eq!(
-            drained["status"], "exit status 0",
+            drained["exit_status"], "exit status 0",
             "generation {old} should exit 0 after draining: {drained}"
         );
     }
@@ -151,7 +151,7 @@ fn reload_under_load(mut h: Handoff, hello: &str) {
     h.signal(libc::SIGTERM);
     assert_eq!(h.wait_exit(WAIT), 0, "handoff log:\n{}", h.raw_log());
     let last: Value = h.wait("drained", &[("gen", (reloads + 1).into())]);
-    assert_eq!(last["status"], "exit status 0", "{last}");
+    assert_eq!(last["exit_status"], "exit status 0", "{last}");
 }
 
 #[test]

@@ -119,7 +119,7 @@ fn crashed_child_is_replaced_and_clients_wait_instead_of_being_refused() {
     h.ready(1);
     let addr = h.addr(0);
     let exited = h.wait("exited", &[("gen", 1.into())]);
-    assert_eq!(exited["status"], "exit status 3");
+    assert_eq!(exited["exit_status"], "exit status 3");
     h.wait("restart_scheduled", &[]);
     // Nothing serves now (back-off, then generation 2 starts): a client connects and waits in
     // the kernel's queue of the socket handoff holds, and generation 2 answers it.

@@ -20,7 +20,7 @@ fn reload_switches_generations_and_drains_the_old_one() {
     let stop = h.wait("stopping", &[("gen", 1.into())]);
     assert_eq!(stop["signal"], "SIGTERM");
     let drained = h.wait("drained", &[("gen", 1.into())]);
-    assert_eq!(drained["status"], "exit status 0");
+    assert_eq!(drained["exit_status"], "exit status 0");
     wait_until("old generation gone", WAIT, || !alive(p1));
     assert_eq!(get_json(addr, "/")["gen"], 2);
 }
@@ -168,7 +168,10 @@ fn child_ignoring_stop_signal_is_killed_with_its_workers_after_the_drain_timeout
     assert_eq!(killed["reason"], "drain timeout reached");
     h.wait(
         "drained",
-        &[("gen", 1.into()), ("status", json!("killed by SIGKILL"))],
+        &[
+            ("gen", 1.into()),
+            ("exit_status", json!("killed by SIGKILL")),
+        ],
     );
     wait_until("old group gone", WAIT, || {
         members.iter().all(|p| !alive(*p))
@@ -225,7 +228,7 @@ fn extend_timeout_and_status_are_honoured() {
     );
     h.wait(
         "status",
-        &[("gen", 1.into()), ("status", json!("warming up"))],
+        &[("gen", 1.into()), ("child_status", json!("warming up"))],
     );
     h.ready(1);
     assert!(h.events("failed").is_empty());

@@ -57,6 +57,8 @@ pub struct Handoff {
 pub struct Builder {
     cmd: Command,
     dir: TempDir,
+    /// With [`Builder::journal_stream`]: the end of handoff's stderr the test reads.
+    journal: Option<std::os::unix::net::UnixStream>,
 }
 
 impl Builder {
@@ -77,6 +79,11 @@ impl Builder {
         self
     }
 
+    pub fn env_remove(mut self, k: &str) -> Self {
+        self.cmd.env_remove(k);
+        self
+    }
+
     /// Run `f` in the forked process before handoff is exec'd (to pre-set signal state).
     ///
     /// # Safety
@@ -87,6 +94,22 @@ impl Builder {
     ) -> Self {
         // SAFETY: forwarded to the caller.
         unsafe { self.cmd.pre_exec(f) };
+        self
+    }
+
+    /// Give handoff a stderr that is a unix stream socket, and `JOURNAL_STREAM` naming its
+    /// device and inode, as systemd does when stderr is the journal (systemd.exec(5)).
+    pub fn journal_stream(mut self) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let fd = std::os::fd::OwnedFd::from(theirs);
+        let meta = std::fs::File::from(fd.try_clone().expect("dup"))
+            .metadata()
+            .expect("fstat");
+        self.cmd
+            .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+            .stderr(Stdio::from(fd));
+        self.journal = Some(ours);
         self
     }
 
@@ -149,13 +172,18 @@ impl Builder {
     }
 
     pub fn start(mut self) -> Handoff {
-        self.cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null());
+        self.cmd.stdout(Stdio::null()).stdin(Stdio::null());
+        if self.journal.is_none() {
+            self.cmd.stderr(Stdio::piped());
+        }
         let mut child = self.cmd.spawn().expect("start handoff");
+        // Our copy of handoff's end goes with the Command: EOF once handoff has exited.
+        drop(self.cmd);
         let pid = child.id();
-        let stderr = child.stderr.take().expect("stderr");
+        let stderr: Box<dyn Read + Send> = match self.journal.take() {
+            Some(s) => Box::new(s),
+            None => Box::new(child.stderr.take().expect("stderr")),
+        };
         let log = Arc::new((Mutex::new(Log::default()), Condvar::new()));
         let l2 = log.clone();
         std::thread::spawn(move || {
@@ -173,10 +201,8 @@ impl Builder {
                     eprint!("{line}");
                 }
                 g.raw.push(line.trim_end().to_string());
-                if let Ok(v) = serde_json::from_str::<Value>(line.trim()) {
-                    if v.get("event").is_some() {
-                        g.events.push(v);
-                    }
+                if let Some(v) = json_event(&line) {
+                    g.events.push(v);
                 }
                 cv.notify_all();
             }
@@ -205,7 +231,11 @@ pub fn handoff_logging(format: &str) -> Builder {
     cmd.arg("--log-format").arg(format);
     // Each handoff its own control socket: tests run in parallel.
     cmd.env("HANDOFF_CONTROL", dir.path().join("control.sock"));
-    Builder { cmd, dir }
+    Builder {
+        cmd,
+        dir,
+        journal: None,
+    }
 }
 
 /// handoff started through another program (`unshare ... handoff`, `systemd-socket-activate
@@ -218,7 +248,11 @@ pub fn handoff_under(prefix: &[&str]) -> Builder {
         .arg("--log-format")
         .arg("json");
     cmd.env("HANDOFF_CONTROL", dir.path().join("control.sock"));
-    Builder { cmd, dir }
+    Builder {
+        cmd,
+        dir,
+        journal: None,
+    }
 }
 
 /// handoff on 127.0.0.1:0 running the fixture with `--args-file`: the fixture reads extra
@@ -382,6 +416,72 @@ impl Handoff {
             .iter()
             .filter_map(|v| v["pid"].as_u64().map(|p| p as u32))
             .collect()
+    }
+}
+
+/// The syslog priority prefix of a line (`<6>...`, journald's), and the rest.
+pub fn priority(line: &str) -> (Option<u8>, &str) {
+    let b = line.as_bytes();
+    if b.len() >= 3 && b[0] == b'<' && b[1].is_ascii_digit() && b[2] == b'>' {
+        (Some(b[1] - b'0'), &line[3..])
+    } else {
+        (None, line)
+    }
+}
+
+/// handoff's JSON log line as an event (with `_priority` when it had a journald prefix).
+pub fn json_event(line: &str) -> Option<Value> {
+    let (prio, body) = priority(line.trim());
+    let mut v = serde_json::from_str::<Value>(body).ok()?;
+    v.get("event")?;
+    if let Some(p) = prio {
+        v["_priority"] = p.into();
+    }
+    Some(v)
+}
+
+/// A logfmt line as (key, value) pairs, values unquoted (JSON-style escapes); `None` if it
+/// is not logfmt (every token `key=value`, a value quoted when it has spaces, `=` or `"`).
+pub fn logfmt(line: &str) -> Option<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut rest = line.trim_end_matches('\n');
+    loop {
+        rest = rest.trim_start_matches(' ');
+        if rest.is_empty() {
+            return Some(out);
+        }
+        let eq = rest.find('=')?;
+        let key = &rest[..eq];
+        if key.is_empty() || key.contains([' ', '"']) {
+            return None;
+        }
+        rest = &rest[eq + 1..];
+        let value = if rest.starts_with('"') {
+            let b = rest.as_bytes();
+            let mut i = 1;
+            loop {
+                match b.get(i)? {
+                    b'\\' => i += 2,
+                    b'"' => break,
+                    _ => i += 1,
+                }
+            }
+            let v = serde_json::from_str::<String>(&rest[..=i]).ok()?;
+            rest = &rest[i + 1..];
+            if !(rest.is_empty() || rest.starts_with(' ')) {
+                return None;
+            }
+            v
+        } else {
+            let end = rest.find(' ').unwrap_or(rest.len());
+            let v = &rest[..end];
+            if v.is_empty() || v.contains(['"', '=']) {
+                return None;
+            }
+            rest = &rest[end..];
+            v.to_string()
+        };
+        out.push((key.to_string(), value));
     }
 }
 

@@ -108,7 +108,13 @@ info "ss: $(tr -s ' ' <<<"$SSL")"
 ok "one listening socket on :8080, held by systemd, handoff and the child (none bound by handoff)" \
   eval '[ "$(wc -l <<<"$SSL")" = 1 ] && grep -q "\"systemd\",pid=1," <<<"$SSL" && grep -q "pid=$MAIN," <<<"$SSL" && grep -q "pid=$CHILD," <<<"$SSL"'
 ok "handoff logged that the socket came from the service manager" \
-  eval 'journal_since "$T0" -u "$SVC" | grep -q "name http, from the service manager"'
+  eval 'journal_since "$T0" -u "$SVC" | grep -q "event=listening .*name=http .*inherited=true"'
+# Under systemd handoff's lines carry their syslog priority (<6> for info) and no timestamp of
+# their own: journald stamps them.
+ok "handoff's lines in the journal have no timestamp of their own" \
+  eval 'journal_since "$T0" -u "$SVC" | grep "event=listening" | grep -vq "time="'
+ok "handoff's info lines are at priority info (journalctl -p info shows them, -p notice does not)" \
+  eval 'journal_since "$T0" -u "$SVC" -p info | grep -q "event=listening" && ! journal_since "$T0" -u "$SVC" -p notice | grep -q "event=listening"'
 is "$(prop "$SVC" NotifyAccess)" main "NotifyAccess"
 is "$(prop "$SVC" WatchdogUSec)" 30s "WatchdogSec of the shipped unit"
 ok "handoff reported a STATUS= ($(prop "$SVC" StatusText))" [ -n "$(prop "$SVC" StatusText)" ]
@@ -163,8 +169,8 @@ ok "systemctl reload: active/running -> reloading/reload -> active/running" \
   eval 'awk "{print \$2}" "$WORK/states2" | paste -sd" " | grep -qx "active/running reloading/reload active/running"'
 is "$(prop "$SVC" MainPID)" "$MAIN" "MainPID after systemctl reload"
 is "$(prop "$SVC" NRestarts)" "$NR0" "NRestarts"
-ok "handoff logged: reload finished: generation 3 serving" \
-  eval 'journal_since "$T2" -u "$SVC" | grep -q "reload finished: generation 3 serving"'
+ok "handoff logged: reload finished, generation 3 serving" \
+  eval 'journal_since "$T2" -u "$SVC" | grep -q "event=reload_finished result=ok gen=3 "'
 rm -f "$NEXT"
 
 # ---------------------------------------------------------------------------------------
@@ -211,8 +217,10 @@ is "$(field / pid gen)" "$OLD_PID $OLD_GEN" "the old generation still serves (pi
 is "$(prop "$SVC" ReloadResult)" exit-code "ReloadResult (ExecReload's exit status)"
 info "journal of app.service since the reload:"
 journal_since "$T4" -u "$SVC" | tail -n 12 | sed 's/^/      /'
-ok "handoff logged: reload failed; still serving generation $OLD_GEN, pid $OLD_PID" \
-  eval 'journal_since "$T4" -u "$SVC" | grep -q "reload failed; still serving generation $OLD_GEN, pid $OLD_PID"'
+ok "handoff logged: reload failed, still serving generation $OLD_GEN, pid $OLD_PID" \
+  eval 'journal_since "$T4" -u "$SVC" | grep -q "event=reload_finished result=failed .*serving_gen=$OLD_GEN serving_pid=$OLD_PID"'
+ok "the failed reload is at priority err (journalctl -p err)" \
+  eval 'journal_since "$T4" -u "$SVC" -p err | grep -q "event=reload_finished result=failed"'
 ok "StatusText says so ($(prop "$SVC" StatusText))" eval '[[ "$(prop "$SVC" StatusText)" == "reload failed: "* ]]'
 # The ExecReload command on its own, as an operator would run it: exit status 1.
 /usr/bin/handoff reload --control /run/app/handoff.sock >"$WORK/reload.out" 2>&1
@@ -225,7 +233,7 @@ is "$(field / pid gen)" "$OLD_PID $OLD_GEN" "the old generation still serves"
 T4b=$(date +%s.%N)
 debug_on
 kill -HUP "$MAIN"
-wait_for 10 eval 'journal_since "$T4b" -u "$SVC" | grep -q "reload failed; still serving generation $OLD_GEN"'
+wait_for 10 eval 'journal_since "$T4b" -u "$SVC" | grep -q "event=reload_finished result=failed .*serving_gen=$OLD_GEN "'
 wait_for 5 eval '[ "$(state)" = active/running ]'
 debug_off
 NOTES=$(journal_since "$T4b" -u "$SVC" | grep -E "reload failed|Got notification message from PID $MAIN " || true)
@@ -345,6 +353,22 @@ ok "control: and Restart=on-failure brings the unit back (new MainPID $(prop "$S
   eval '[ "$(state)" = "active/running" ] && [ "$(prop "$SVC" MainPID)" != "$MAIN2" ] && field / gen >/dev/null'
 rm -f /run/systemd/system/app.service.d/50-watchdog-test.conf
 systemctl daemon-reload
+
+# ---------------------------------------------------------------------------------------
+section forced-stop "exit status 3 (something had to be killed) is a clean stop: SuccessExitStatus=3"
+NR2=$(prop "$SVC" NRestarts)
+/usr/bin/handoff stop --force --control /run/app/handoff.sock >"$WORK/stop.out" 2>&1
+rc=$?
+info "handoff stop --force -> exit $rc: $(paste -sd' ' "$WORK/stop.out")"
+is "$rc" 3 "handoff stop --force exit status"
+wait_for 10 eval '[ "$(prop "$SVC" ActiveState)" != active ] && [ "$(prop "$SVC" ActiveState)" != deactivating ]'
+is "$(state)" "inactive/dead" "app.service after handoff exited 3 (inactive, not failed)"
+is "$(prop "$SVC" Result)" success "Result"
+is "$(prop "$SVC" ExecMainStatus)" 3 "handoff's exit status"
+is "$(prop "$SVC" NRestarts)" "$NR2" "NRestarts (Restart=on-failure did not start it again)"
+systemctl start "$SVC"
+wait_for 15 eval 'field / gen >/dev/null 2>&1'
+is "$(state)" "active/running" "app.service started again for the next section"
 
 # ---------------------------------------------------------------------------------------
 section cleanup "stop everything: nothing is left, not even a process that escaped handoff"

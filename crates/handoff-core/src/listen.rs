@@ -51,8 +51,8 @@ pub struct InetAddr {
 }
 
 impl ListenSpec {
-    /// Parse `[NAME=]ADDR`: `127.0.0.1:8080`, `[::1]:8080`, `:8080` (every interface),
-    /// `localhost:8080`, `tcp://…`, `udp://HOST:PORT`, `unix:PATH`, optionally `NAME=` first.
+    /// Parse `[NAME=]ADDR`: `127.0.0.1:8080`, `[::1]:8080`, `:8080` or `8080` (every
+    /// interface), `localhost:8080`, `tcp://…`, `udp://HOST:PORT`, `unix:PATH`, optionally `NAME=` first.
     pub fn parse(s: &str) -> Result<ListenSpec, ListenParseError> {
         let err = |reason: String| ListenParseError {
             input: s.to_owned(),
@@ -181,6 +181,15 @@ const BRACKETS: &str = "put IPv6 addresses in brackets, e.g. [::1]:8080";
 fn parse_host_port(s: &str) -> Result<InetAddr, String> {
     if s.is_empty() {
         return Err(format!("missing host and port ({HOST_PORT})"));
+    }
+    // A bare port is every interface, as systemd's `ListenStream=8080`,
+    // `systemd-socket-activate -l 8080` and `start_server --port 8080` read it. No host name
+    // is all digits (check_hostname refuses them), so this is never ambiguous.
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(InetAddr {
+            host: Host::AllInterfaces,
+            port: parse_port(s)?,
+        });
     }
     if let Some(inner) = s.strip_prefix('[') {
         let Some((ip, after)) = inner.split_once(']') else {
@@ -416,6 +425,19 @@ mod tests {
     }
 
     #[test]
+    fn bare_port_is_all_interfaces() {
+        // As systemd's ListenStream=8080 and systemd-socket-activate -l 8080.
+        assert_eq!(addr("8080"), tcp(Host::AllInterfaces, 8080));
+        assert_eq!(addr("0"), tcp(Host::AllInterfaces, 0));
+        assert_eq!(addr("tcp://8080"), tcp(Host::AllInterfaces, 8080));
+        assert_eq!(addr("udp://53"), udp(Host::AllInterfaces, 53));
+        assert_eq!(ok("http=80").addr, tcp(Host::AllInterfaces, 80));
+        assert_eq!(ok("http=80").name.as_deref(), Some("http"));
+        assert!(err("65536").contains("out of range"));
+        assert!(err("99999999999999999999999").contains("out of range"));
+    }
+
+    #[test]
     fn host_name() {
         assert_eq!(
             addr("localhost:8080"),
@@ -530,6 +552,7 @@ mod tests {
         assert!(err("[::1]").contains("missing port"));
         assert!(err("[::1]:").contains("missing port"));
         assert!(err("localhost").contains("missing port"));
+        assert!(err("udp://localhost").contains("missing port"));
     }
 
     #[test]

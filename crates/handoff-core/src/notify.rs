@@ -31,6 +31,40 @@ pub struct NotifyMessage {
     pub barrier: bool,
     /// Lines ignored: no `=`, or a key handoff does not act on (FDSTORE=1, MONOTONIC_USEC=...).
     pub unknown: usize,
+    /// What was ignored and why (unknown keys, lines without `=`, values not understood such
+    /// as `READY=true`), in order; at most [`MAX_IGNORED`] of them.
+    pub ignored: Vec<Ignored>,
+}
+
+/// Most ignored lines a [`NotifyMessage`] keeps (the rest are only counted in `unknown`).
+pub const MAX_IGNORED: usize = 16;
+
+/// One line of a datagram that handoff did not act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ignored {
+    /// The line as sent.
+    pub line: String,
+    pub why: IgnoreReason,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IgnoreReason {
+    /// No `=` in the line.
+    NoAssignment,
+    /// A key handoff does not act on.
+    UnknownKey,
+    /// A known key with a value it does not understand (`READY=true`, `MAINPID=x`).
+    BadValue,
+}
+
+impl IgnoreReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoAssignment => "not KEY=VALUE",
+            Self::UnknownKey => "unknown key",
+            Self::BadValue => "value not understood",
+        }
+    }
 }
 
 /// Parse one datagram payload.
@@ -60,37 +94,56 @@ pub fn parse_notify(payload: &[u8]) -> Result<NotifyMessage, NotifyParseError> {
     for line in text.split(['\n', '\r']).filter(|l| !l.is_empty()) {
         let Some((key, value)) = line.split_once('=') else {
             msg.unknown += 1;
+            msg.ignore(line, IgnoreReason::NoAssignment);
             continue;
         };
-        match key {
-            "READY" => msg.ready |= value == "1",
-            "RELOADING" => msg.reloading |= value == "1",
-            "STOPPING" => msg.stopping |= value == "1",
-            "WATCHDOG" => msg.watchdog |= value == "1",
-            "BARRIER" => msg.barrier |= value == "1",
-            "STATUS" => msg.status = Some(value.to_owned()),
-            "EXTEND_TIMEOUT_USEC" => {
-                if let Some(n) = parse_digits::<u64>(value) {
-                    msg.extend_timeout_usec = Some(n);
-                }
+        let flag = |set: &mut bool| {
+            *set |= value == "1";
+            value == "1"
+        };
+        let understood = match key {
+            "READY" => flag(&mut msg.ready),
+            "RELOADING" => flag(&mut msg.reloading),
+            "STOPPING" => flag(&mut msg.stopping),
+            "WATCHDOG" => flag(&mut msg.watchdog),
+            "BARRIER" => flag(&mut msg.barrier),
+            "STATUS" => {
+                msg.status = Some(value.to_owned());
+                true
             }
-            "MAINPID" => {
-                // A pid_t is an i32; 0 is not a process.
-                if let Some(n) =
-                    parse_digits::<u32>(value).filter(|&n| n > 0 && n <= i32::MAX as u32)
-                {
-                    msg.mainpid = Some(n);
-                }
+            "EXTEND_TIMEOUT_USEC" => parse_digits::<u64>(value)
+                .map(|n| msg.extend_timeout_usec = Some(n))
+                .is_some(),
+            // A pid_t is an i32; 0 is not a process.
+            "MAINPID" => parse_digits::<u32>(value)
+                .filter(|&n| n > 0 && n <= i32::MAX as u32)
+                .map(|n| msg.mainpid = Some(n))
+                .is_some(),
+            "ERRNO" => parse_digits::<i32>(value)
+                .map(|n| msg.errno = Some(n))
+                .is_some(),
+            _ => {
+                msg.unknown += 1;
+                msg.ignore(line, IgnoreReason::UnknownKey);
+                continue;
             }
-            "ERRNO" => {
-                if let Some(n) = parse_digits::<i32>(value) {
-                    msg.errno = Some(n);
-                }
-            }
-            _ => msg.unknown += 1,
+        };
+        if !understood {
+            msg.ignore(line, IgnoreReason::BadValue);
         }
     }
     Ok(msg)
+}
+
+impl NotifyMessage {
+    fn ignore(&mut self, line: &str, why: IgnoreReason) {
+        if self.ignored.len() < MAX_IGNORED {
+            self.ignored.push(Ignored {
+                line: line.to_owned(),
+                why,
+            });
+        }
+    }
 }
 
 /// A decimal number of ASCII digits only: no sign, no spaces (Rust's parsers accept `+`).
@@ -253,6 +306,29 @@ mod tests {
     #[test]
     fn invalid_values_are_not_unknown() {
         assert_eq!(ok("MAINPID=x\nREADY=2").unknown, 0);
+    }
+
+    #[test]
+    fn what_is_ignored_is_returned_with_why() {
+        let m = ok("READY=true\nSTATUS=up\nX_CUSTOM=1\nhello\nMAINPID=0\nREADY=1\nWATCHDOG=1");
+        assert!(m.ready && m.watchdog);
+        let got: Vec<(&str, IgnoreReason)> =
+            m.ignored.iter().map(|i| (i.line.as_str(), i.why)).collect();
+        assert_eq!(
+            got,
+            [
+                ("READY=true", IgnoreReason::BadValue),
+                ("X_CUSTOM=1", IgnoreReason::UnknownKey),
+                ("hello", IgnoreReason::NoAssignment),
+                ("MAINPID=0", IgnoreReason::BadValue),
+            ]
+        );
+        assert_eq!(m.unknown, 2);
+        assert!(ok("READY=1\nSTATUS=x\nMAINPID=5").ignored.is_empty());
+        // Bounded: a datagram of garbage keeps MAX_IGNORED lines, and counts them all.
+        let flood = "X=1\n".repeat(1000);
+        let m = ok(&flood);
+        assert_eq!((m.ignored.len(), m.unknown), (MAX_IGNORED, 1000));
     }
 
     #[test]
