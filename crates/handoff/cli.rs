@@ -180,6 +180,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", env = "HANDOFF_CONTROL", value_parser = parse_control)]
     pub control: Option<PathBuf>,
 
+    /// Do not set LISTEN_PID in the child's environment. For a server started through a
+    /// wrapper (npm start, sh -c without exec), which would see the wrapper's pid there and
+    /// ignore the sockets, when its socket-activation library accepts a missing LISTEN_PID
+    /// (Rust's listenfd, systemfd's users). libsystemd and go-systemd do not: exec the server
+    /// instead.
+    #[arg(long)]
+    pub no_listen_pid: bool,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (IP:PORT, or :PORT for every
     /// interface). Never a port the child listens on.
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]

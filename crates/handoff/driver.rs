@@ -49,6 +49,8 @@ pub struct ChildSpec {
     pub base_env: Env,
     /// `--user`/`--group`, resolved.
     pub creds: Option<Creds>,
+    /// Set `LISTEN_PID` (not with `--no-listen-pid`).
+    pub listen_pid: bool,
     /// `--stop-signal`: also what a child gets if handoff dies (PR_SET_PDEATHSIG).
     pub stop_signal: Signal,
 }
@@ -380,6 +382,7 @@ impl Driver {
                 self.listeners.retain(|l| l.inherited);
             }
             Action::Probe { gen, pid } => self.run_probe(gen, pid),
+            Action::CheckWrapper { gen, pid } => check_wrapper(gen, pid, self.child.listen_pid),
             Action::StopProbe { gen } => {
                 // Not yet reaped (the reaper removes it from `probes`): safe to signal.
                 for (&pid, _) in self.probes.iter().filter(|(_, g)| **g == gen) {
@@ -462,6 +465,11 @@ impl Driver {
         )
         .map_err(|e| format!("cannot prepare {}: {e}", self.child.program.display()))?
         .with_death_signal(self.child.stop_signal);
+        let plan = if self.child.listen_pid {
+            plan
+        } else {
+            plan.without_listen_pid()
+        };
         let plan = match &cgroup {
             Some(cg) => plan
                 .with_cgroup(cg.procs_fd())
@@ -604,5 +612,29 @@ impl Driver {
             reaper::reap_remaining(std::time::Duration::from_secs(2));
         }
         info!(event = "exit", code, "handoff exiting");
+    }
+}
+
+/// A generation still not ready: is its main process a wrapper (`npm start`, `sh -c` without
+/// `exec`) whose child received the sockets with the *wrapper's* `LISTEN_PID`? Socket-
+/// activation libraries then ignore the sockets, and the server binds its own port or never
+/// gets ready. Say what to do (once per generation: the state machine asks once).
+fn check_wrapper(gen: GenId, pid: Pid, listen_pid: bool) {
+    use handoff_sys::procfs;
+    if !listen_pid {
+        return;
+    }
+    let leader = pid.to_string();
+    for d in procfs::descendants(pid) {
+        let sees_wrapper = procfs::environ_var(d, "LISTEN_PID").as_deref() == Some(leader.as_str())
+            && procfs::environ_var(d, "LISTEN_FDS").is_some();
+        if sees_wrapper {
+            let wrapper = procfs::comm(pid).unwrap_or_default();
+            let child = procfs::comm(d).unwrap_or_default();
+            warn!(event = "wrapper_listen_pid", gen, pid, wrapper = %wrapper, child_pid = d, child = %child,
+                msg = "the main process is a wrapper: its child sees the wrapper's LISTEN_PID and ignores the sockets",
+                "generation {gen} is not ready: its main process {pid} ({wrapper}) is a wrapper, and its child {d} ({child}) has LISTEN_PID={pid}, not its own pid, so a socket-activation library there ignores the sockets. Make the wrapper exec the server (sh -c 'exec ...', or run the server directly instead of through npm/cargo), or pass --no-listen-pid if its library accepts a missing LISTEN_PID");
+            return;
+        }
     }
 }

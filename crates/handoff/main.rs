@@ -376,6 +376,7 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
         probe_interval: cli.ready_probe.as_ref().map(|_| cli.ready_probe_interval),
         watch_debounce: cli.watch_debounce,
         reload_signal: cli.reload_signal,
+        wrapper_check_after: Some(Duration::from_secs(1)),
         ..Policy::default()
     };
     if let Some(m) = cli.metrics {
@@ -398,6 +399,7 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
         argv: cli.command.clone(),
         base_env,
         creds: creds.clone(),
+        listen_pid: !cli.no_listen_pid,
         stop_signal: cli.stop_signal,
     };
     let manager = sdnotify::SdNotify::from_env();

@@ -120,6 +120,9 @@ pub struct Policy {
     /// After the reload signal, how long a child has to answer `RELOADING=1` (systemd's
     /// notify-reload protocol) before handoff concludes it does not speak it.
     pub reload_ack_window: Duration,
+    /// A generation still starting after this long is checked for a wrapper (`npm start`,
+    /// `sh -c` without `exec`) whose child sees the wrapper's `LISTEN_PID`: a hint for the log.
+    pub wrapper_check_after: Option<Duration>,
 }
 
 impl Default for Policy {
@@ -138,6 +141,7 @@ impl Default for Policy {
             watch_debounce: Duration::from_millis(500),
             reload_signal: None,
             reload_ack_window: Duration::from_millis(500),
+            wrapper_check_after: None,
         }
     }
 }
@@ -226,6 +230,9 @@ pub enum Action {
     /// The probe of `gen` still running is no longer needed: kill it (its result will be
     /// ignored).
     StopProbe { gen: GenId },
+    /// `gen` (main process `pid`) is still starting after `--ready-timeout`'s first second:
+    /// look for a wrapper whose child ignores the sockets, and say so (a diagnostic only).
+    CheckWrapper { gen: GenId, pid: Pid },
     /// handoff is stopping and no generation will accept any more: close handoff's own copy
     /// of the listeners it bound (and remove their socket files), so that new connections
     /// are refused as soon as the draining generations close theirs, instead of waiting in a
@@ -1169,6 +1176,9 @@ impl Supervisor {
                 (Timer::ReadyAfter(_), Some(i), Some(Phase::Starting { .. })) => {
                     self.become_ready(i, now);
                 }
+                (Timer::WrapperCheck(gen), Some(_), Some(Phase::Starting { pid })) => {
+                    self.actions.push_back(Action::CheckWrapper { gen, pid });
+                }
                 (Timer::ReadyDeadline(_), Some(i), Some(Phase::Starting { .. })) => {
                     let g = self.gens[i].clone();
                     let waited = now.saturating_duration_since(g.started_at);
@@ -1468,6 +1478,9 @@ impl Supervisor {
                 if p.probe_interval.is_some() {
                     // First probe at once: a fast child should not wait a whole interval.
                     self.timers.set(Timer::Probe(gen), now);
+                }
+                if let Some(d) = p.wrapper_check_after {
+                    self.timers.set(Timer::WrapperCheck(gen), now + d);
                 }
             }
             Phase::Draining { .. } => {

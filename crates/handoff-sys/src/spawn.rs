@@ -321,6 +321,15 @@ impl SpawnPlan {
         Ok(self)
     }
 
+    /// Leave `LISTEN_PID` out of the child's environment: for a server started through a
+    /// wrapper (`npm start`, `sh -c` without `exec`), whose own pid would not match, with a
+    /// library that accepts a missing `LISTEN_PID` (as systemfd does for `cargo watch`).
+    pub fn without_listen_pid(mut self) -> Self {
+        let slot: *const libc::c_char = self.pid_slot.as_ptr().cast();
+        self.envp.retain(|&p| p != slot);
+        self
+    }
+
     /// The signal the child gets if handoff dies, even by SIGKILL (`PR_SET_PDEATHSIG`);
     /// SIGTERM unless set. A server's generation should get its own stop signal
     /// (`--stop-signal`): one that stops on INT and ignores TERM would otherwise keep serving

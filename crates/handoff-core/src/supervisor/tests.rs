@@ -1767,3 +1767,27 @@ fn the_serving_child_dying_during_a_reload_in_place_fails_it() {
         Some(&rep(Report::RestartScheduled { delay: ms(100) }))
     );
 }
+
+#[test]
+fn a_generation_still_starting_is_checked_for_a_wrapper_once() {
+    let (mut h, _) = Harness::new(Policy {
+        wrapper_check_after: Some(secs(1)),
+        ..Policy::default()
+    });
+    h.spawned(1, 100);
+    assert_eq!(h.advance(ms(999)), vec![]);
+    assert_eq!(
+        h.advance(ms(1)),
+        vec![Action::CheckWrapper { gen: 1, pid: 100 }]
+    );
+    assert_eq!(h.advance(secs(10)), vec![], "once");
+    // A generation ready before the check is not checked.
+    h.ready(1);
+    h.reload();
+    h.spawned(2, 200);
+    h.ready(2);
+    assert!(!h
+        .advance(secs(2))
+        .iter()
+        .any(|a| matches!(a, Action::CheckWrapper { .. })));
+}

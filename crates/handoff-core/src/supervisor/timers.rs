@@ -17,6 +17,8 @@ pub(crate) enum Timer {
     ReadyDeadline(GenId),
     /// Next run of the readiness probe.
     Probe(GenId),
+    /// Still starting: look for a wrapper hiding the sockets (a diagnostic).
+    WrapperCheck(GenId),
     /// `--drain-timeout` elapsed: SIGKILL the group.
     KillDeadline(GenId),
     /// SIGKILL sent long ago and still not reaped: give up on it.
@@ -38,6 +40,7 @@ impl Timer {
             Self::ReadyAfter(g)
             | Self::ReadyDeadline(g)
             | Self::Probe(g)
+            | Self::WrapperCheck(g)
             | Self::KillDeadline(g)
             | Self::ReapDeadline(g) => Some(g),
             Self::Restart | Self::WatchDebounce | Self::InPlaceAck | Self::InPlaceDone => None,
