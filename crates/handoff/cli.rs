@@ -152,7 +152,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
-    /// Time a new child has to report READY=1 before it is killed and the reload fails.
+    /// Time a new child has to report READY=1; then it is stopped (its stop signal, then the
+    /// drain timeout: it may have accepted connections already) and the reload fails.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub ready_timeout: Duration,
 
