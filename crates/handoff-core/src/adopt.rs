@@ -270,7 +270,10 @@ mod tests {
             any::<[u8; 4]>().prop_map(IpAddr::from),
             any::<[u8; 16]>().prop_map(IpAddr::from),
         ];
-        (ips, prop_oneof![Just(0u16), Just(8080), 1u16..4, any::<u16>()])
+        (
+            ips,
+            prop_oneof![Just(0u16), Just(8080), 1u16..4, any::<u16>()],
+        )
             .prop_map(|(ip, port)| SocketAddr::new(ip, port))
     }
 
