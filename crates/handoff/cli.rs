@@ -232,6 +232,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
     pub watch_debounce: Duration,
 
+    /// A server that binds a --listen TCP address itself (not using LISTEN_FDS) gets handoff's
+    /// socket instead of EADDRINUSE, in every generation (seccomp; Linux >= 5.9). Without
+    /// CAP_SYS_ADMIN, children run with no_new_privs. See README "Servers that bind their own
+    /// port".
+    #[arg(long, value_enum, default_value_t = Adopt::On)]
+    pub adopt: Adopt,
+
     /// The server to run, with its arguments.
     #[arg(value_name = "COMMAND", required = true, last = true, num_args = 1..)]
     pub command: Vec<OsString>,
@@ -253,6 +260,15 @@ pub enum Restart {
     Always,
     /// Exit with the child's exit status.
     Never,
+}
+
+/// `--adopt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Adopt {
+    /// Adopt binds of held TCP addresses (if the kernel allows it; handoff says when not).
+    On,
+    /// No seccomp filter: a server's own bind of a held address gets EADDRINUSE.
+    Off,
 }
 
 /// `--log-format`.

@@ -77,6 +77,8 @@ pub struct Services {
     /// A cgroup per generation, where handoff may create them; else generations are
     /// process groups (a worker that called setsid() then escapes them).
     pub cgroups: Option<Generations>,
+    /// Bind adoption (`--adopt on`, supported, and a TCP listener to adopt).
+    pub adopt: Option<crate::adopt::Adoption>,
 }
 
 /// Everything the event loop waits for, converted to one type.
@@ -367,6 +369,9 @@ impl Driver {
                     self.remove_empty_cgroups();
                 }
                 self.intake.remove(gen);
+                if let Some(a) = &mut self.services.adopt {
+                    a.retire(gen);
+                }
             }
             Action::CheckListeners { gen } => {
                 let count = self.restore_listeners(gen);
@@ -407,7 +412,11 @@ impl Driver {
                             "process group"
                         },
                     };
-                    status::json(&self.sup.snapshot(now), &about, now)
+                    let mut v = status::json(&self.sup.snapshot(now), &about, now);
+                    if let Some(a) = &self.services.adopt {
+                        a.annotate(&mut v);
+                    }
+                    v
                 });
                 let tx = if outcome.is_final() {
                     self.requests.remove(&request)
@@ -476,6 +485,10 @@ impl Driver {
                 .map_err(|e| format!("cannot prepare {}: {e}", self.child.program.display()))?,
             None => plan,
         };
+        let (plan, adopt) = match &self.services.adopt {
+            Some(a) => a.prepare(gen, plan),
+            None => (plan, None),
+        };
         let pid = spawn::spawn(plan).map_err(|e| {
             let program = self.child.program.display();
             match spawn::missing_interpreter(&self.child.program) {
@@ -489,6 +502,9 @@ impl Driver {
         })?;
         if let Some(cg) = cgroup {
             self.cgroup_of.insert(gen, cg);
+        }
+        if let (Some(a), Some(side)) = (&mut self.services.adopt, adopt) {
+            a.started(gen, pid, side, &self.listeners);
         }
         if let Err(e) = self.intake.add(gen, sock, pid) {
             warn!("cannot watch the notify socket of generation {gen}: {e}");
@@ -572,6 +588,7 @@ impl Driver {
     /// Remove what handoff created and make sure no process of ours outlives us.
     fn cleanup(&mut self, code: i32) {
         self.intake.clear();
+        self.services.adopt = None;
         self.services.pid_file = None;
         self.services.control.file = None;
         for l in &self.listeners {

@@ -1,5 +1,6 @@
 //! handoff: bind once, hand the sockets to any server, reload with zero failed requests.
 
+mod adopt;
 mod cli;
 mod control;
 mod driver;
@@ -25,7 +26,7 @@ use handoff_sys::notify_socket::RuntimeDir;
 use handoff_sys::procfs;
 use handoff_sys::spawn::{resolve_creds, resolve_program, Creds};
 
-use crate::cli::{Cli, Restart, RunArgs, Sub, TargetArgs};
+use crate::cli::{Adopt, Cli, Restart, RunArgs, Sub, TargetArgs};
 use crate::driver::{ChildSpec, Driver, Services};
 use crate::errors::Error;
 
@@ -444,11 +445,14 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
             None => None,
         };
         let listeners = guard.into_inner();
+        let adopt = setup_adopt(cli.adopt, &listeners);
         for (i, l) in listeners.iter().enumerate() {
+            let adoptable = adopt.is_some() && l.kind == listeners::Kind::Tcp;
             tracing::info!(event = "listening", index = i, fd = 3 + i, name = %l.name, addr = %l.local,
-                kind = l.kind.as_str(), inherited = l.inherited, msg = "listening",
-                "listening on {} (fd {} in the child, name {}{})", l.local, 3 + i, l.name,
-                if l.inherited { ", from the service manager" } else { "" });
+                kind = l.kind.as_str(), inherited = l.inherited, adopt = adoptable, msg = "listening",
+                "listening on {} (fd {} in the child, name {}{}{})", l.local, 3 + i, l.name,
+                if l.inherited { ", from the service manager" } else { "" },
+                if adoptable { ", also given to a child that binds it itself" } else { "" });
         }
         // Said once start-up has succeeded: a failed start keeps to its one error line.
         for p in dir.stale_removed() {
@@ -477,11 +481,34 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
             probe: cli.ready_probe.clone(),
             metrics,
             cgroups,
+            adopt,
         };
         Ok(Driver::new(sup, listeners, child, dir, services)
             .run(signals)
             .await)
     })
+}
+
+/// Bind adoption, if asked for, useful (a TCP listener) and possible; says why not, once.
+fn setup_adopt(mode: Adopt, listeners: &[Listener]) -> Option<adopt::Adoption> {
+    if mode == Adopt::Off {
+        return None;
+    }
+    let a = adopt::Adoption::new(listeners)?;
+    match handoff_sys::adopt::probe() {
+        Ok(s) => {
+            if s.needs_nnp {
+                tracing::info!(event = "adopt_no_new_privs",
+                    "bind adoption: handoff lacks CAP_SYS_ADMIN, so children run with no_new_privs: setuid programs they start (sudo, su, ping) do not gain privileges; --adopt off if they must");
+            }
+            Some(a)
+        }
+        Err(why) => {
+            tracing::warn!(event = "adopt_unavailable",
+                "bind adoption is unavailable: {why}; servers that take LISTEN_FDS work as usual, a server that binds a --listen address itself will get EADDRINUSE");
+            None
+        }
+    }
 }
 
 /// Removes the socket files of listeners bound so far if start-up fails later.

@@ -264,9 +264,20 @@ pub fn text(v: &Value) -> String {
             .as_f64()
             .map(|m| format!(", ready in {m} ms"))
             .unwrap_or_default();
+        let adopted: Vec<String> = g["adopted"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| format!("fd {} {}", a["fd"], a["addr"].as_str().unwrap_or("?")))
+            .collect();
+        let adopted = if adopted.is_empty() {
+            String::new()
+        } else {
+            format!(", adopted its bind: {}", adopted.join(", "))
+        };
         let _ = writeln!(
             out,
-            "  {:>4}  pid {:<8} {:<9} age {}s{ready}",
+            "  {:>4}  pid {:<8} {:<9} age {}s{ready}{adopted}",
             g["gen"],
             g["pid"],
             g["state"].as_str().unwrap_or("?"),

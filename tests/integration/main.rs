@@ -13,9 +13,11 @@
 //! - `operations`: control commands, pid file, systemd notify/socket units, privileges,
 //!   probes, watch, PID 1, Server::Starter.
 //! - `examples`: every example server in examples/ under handoff, reloaded under load.
+//! - `adopt`: servers that bind their own port (Go, Node, Python) get handoff's socket.
 
 mod util;
 
+mod adopt;
 mod child_view;
 mod cli_errors;
 mod control_socket;

@@ -16,8 +16,17 @@
 //!   IPv6 and report an IPv4 address; one asking for `127.0.0.1` given `0.0.0.0` would be
 //!   exposed on every interface). A port match with another address is reported as
 //!   [`Pass::OtherAddress`] so that handoff can say which `--listen` would have matched.
-//!   `--listen :8080` holds a dual-stack `[::]:8080`, which is what Go (`":8080"`), Node
-//!   (`listen(8080)`) and Python's `http.server 8080` ask for.
+//! - one explicit exception: a listener given as `--listen :8080` ("every interface, both
+//!   families", held as a dual-stack `[::]:8080`) is given to a `[::]:8080` bind whatever
+//!   its `IPV6_V6ONLY`: the operator asked for both families. Go's `":8080"` and Node's
+//!   `listen(8080)` ask for a dual-stack `[::]` anyway.
+//! - never across families, not even wildcards: a `0.0.0.0:8080` bind (Python's
+//!   `http.server 8080` where getaddrinfo prefers IPv4) is not given a `[::]` socket. The
+//!   program's socket object keeps `AF_INET`, so it sizes its `accept()` address buffer for
+//!   IPv4 and gets every client's IPv6 address truncated to garbage (seen with Python:
+//!   client `::e036:cc17:1456:0`), which breaks logs and address-based access rules. Hold
+//!   `--listen 0.0.0.0:8080` for such a server; handoff's `adopt_other_address` log line
+//!   says so.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -28,6 +37,9 @@ pub struct Held {
     pub addr: SocketAddr,
     /// `IPV6_V6ONLY` for an IPv6 socket; `false` for IPv4.
     pub v6only: bool,
+    /// Given as `--listen :PORT`: a wildcard bind of the port in the same family matches
+    /// whatever its `IPV6_V6ONLY` (see the module doc).
+    pub any_wildcard: bool,
 }
 
 /// A `bind()` a child asked for, read from its memory and its socket.
@@ -88,7 +100,7 @@ fn same(req: &Request, h: &Held) -> bool {
         return false;
     }
     match req.addr.ip() {
-        IpAddr::V6(ip) if ip.is_unspecified() => req.v6only == h.v6only,
+        IpAddr::V6(ip) if ip.is_unspecified() => h.any_wildcard || req.v6only == h.v6only,
         _ => true,
     }
 }
@@ -126,6 +138,7 @@ mod tests {
         Held {
             addr: s.parse().expect("addr"),
             v6only,
+            any_wildcard: false,
         }
     }
 
@@ -184,6 +197,40 @@ mod tests {
         assert_eq!(decide(&tcp("[::]:8080", true), &v6only), Decision::Adopt(0));
         assert_eq!(
             decide(&tcp("[::]:8080", false), &v6only),
+            Decision::Pass(Pass::OtherAddress(0))
+        );
+    }
+
+    #[test]
+    fn all_interfaces_listener_takes_any_ipv6_wildcard_but_not_ipv4() {
+        let mut any = held("[::]:8080", false);
+        any.any_wildcard = true;
+        let h = [any];
+        assert_eq!(decide(&tcp("[::]:8080", false), &h), Decision::Adopt(0));
+        assert_eq!(decide(&tcp("[::]:8080", true), &h), Decision::Adopt(0));
+        // Another family: the program would truncate its clients' addresses.
+        assert_eq!(
+            decide(&tcp("0.0.0.0:8080", false), &h),
+            Decision::Pass(Pass::OtherAddress(0))
+        );
+        // Never a specific address: that would widen it to every interface.
+        assert_eq!(
+            decide(&tcp("127.0.0.1:8080", false), &h),
+            Decision::Pass(Pass::OtherAddress(0))
+        );
+        assert_eq!(
+            decide(&tcp("[::1]:8080", false), &h),
+            Decision::Pass(Pass::OtherAddress(0))
+        );
+        // Without IPv6 `:8080` is held as 0.0.0.0:8080: only an IPv4 wildcard bind gets it.
+        let mut v4 = held("0.0.0.0:8080", false);
+        v4.any_wildcard = true;
+        assert_eq!(
+            decide(&tcp("0.0.0.0:8080", false), &[v4]),
+            Decision::Adopt(0)
+        );
+        assert_eq!(
+            decide(&tcp("[::]:8080", false), &[v4]),
             Decision::Pass(Pass::OtherAddress(0))
         );
     }
@@ -278,9 +325,10 @@ mod tests {
     }
 
     fn any_held() -> impl Strategy<Value = Held> {
-        (any_addr(), any::<bool>()).prop_map(|(addr, v6only)| Held {
+        (any_addr(), any::<bool>(), any::<bool>()).prop_map(|(addr, v6only, any_wildcard)| Held {
             addr,
             v6only: addr.is_ipv6() && v6only,
+            any_wildcard: any_wildcard && addr.ip().is_unspecified(),
         })
     }
 
@@ -295,9 +343,10 @@ mod tests {
                 Decision::Adopt(i) => {
                     let h = held[i];
                     prop_assert!(stream && addr.port() != 0);
-                    prop_assert_eq!(h.addr.ip(), addr.ip());
                     prop_assert_eq!(h.addr.port(), addr.port());
-                    if h.addr.ip().is_unspecified() && h.addr.is_ipv6() {
+                    // Never another address, never another family.
+                    prop_assert_eq!(h.addr.ip(), addr.ip());
+                    if h.addr.ip().is_unspecified() && h.addr.is_ipv6() && !h.any_wildcard {
                         prop_assert_eq!(h.v6only, req.v6only);
                     }
                     // The first such listener.

@@ -423,8 +423,9 @@ pub struct HeldSocket {
 }
 
 impl HeldSocket {
-    /// A copy of `fd` (close-on-exec) with what adoption needs to know.
-    pub fn new(index: usize, fd: BorrowedFd<'_>) -> io::Result<Self> {
+    /// A copy of `fd` (close-on-exec) with what adoption needs to know; `any_wildcard` for a
+    /// `--listen :PORT` listener (see `handoff_core::adopt`).
+    pub fn new(index: usize, fd: BorrowedFd<'_>, any_wildcard: bool) -> io::Result<Self> {
         let fd = fd.try_clone_to_owned()?;
         let s = socket2::SockRef::from(&fd);
         let ino = inode(fd.as_fd())?;
@@ -432,6 +433,7 @@ impl HeldSocket {
             (socket2::Type::STREAM, Some(addr)) => Some(Held {
                 addr,
                 v6only: addr.is_ipv6() && s.only_v6()?,
+                any_wildcard,
             }),
             _ => None,
         };
@@ -706,7 +708,14 @@ impl Handler {
         if let Some(h) = self.held_at(tid, fd) {
             // A bind again of an adopted fd (a restarted call, or a server binding twice):
             // 0, as for the first one, when it asks for the same address.
-            if h.tcp.is_some_and(|t| t.addr == addr) {
+            let again = Request {
+                addr,
+                stream: true,
+                v6only: h.tcp.is_some_and(|t| t.v6only),
+            };
+            if h.tcp
+                .is_some_and(|t| policy::decide(&again, &[t]) == Decision::Adopt(0))
+            {
                 if !self.valid(req.id) {
                     return Answer::Gone;
                 }

@@ -47,6 +47,9 @@ pub struct Listener {
     pub kind: Kind,
     /// Received from handoff's own parent (a systemd socket unit) rather than bound.
     pub inherited: bool,
+    /// Given as `:PORT` (every interface, both families): bind adoption gives it to a child
+    /// that binds `[::]:PORT` with or without `IPV6_V6ONLY` (see `handoff_core::adopt`).
+    pub all_interfaces: bool,
     /// How to bind it again (bound sockets only).
     rebind: Option<Rebind>,
     fd: OwnedFd,
@@ -111,6 +114,7 @@ impl Listener {
             unix_file: None,
             kind,
             inherited: true,
+            all_interfaces: false,
             rebind: None,
             fd,
         })
@@ -440,6 +444,7 @@ pub fn bind_with(
                 unix_file: None,
                 kind: if udp { Kind::Udp } else { Kind::Tcp },
                 inherited: false,
+                all_interfaces: a.host == Host::AllInterfaces,
                 rebind: addr.map(|addr| Rebind::Inet {
                     addr,
                     v6only,
@@ -460,6 +465,7 @@ pub fn bind_with(
                 unix_file: Some(file),
                 kind: Kind::Unix,
                 inherited: false,
+                all_interfaces: false,
                 rebind: Some(Rebind::Unix {
                     path: path.clone(),
                     backlog,

@@ -326,11 +326,14 @@ impl SpawnPlan {
         Ok(self)
     }
 
-    /// Install the bind-adoption filter in the child (step 1c of [`child_exec`]).
-    pub fn with_adopt(mut self, mut side: crate::adopt::ChildSide) -> io::Result<Self> {
-        side.move_above(3 + self.source_fds.len() as RawFd)?;
-        self.adopt = Some(side);
-        Ok(self)
+    /// Install the bind-adoption filter in the child (step 1c of [`child_exec`]). If its
+    /// socket cannot be moved above the listeners' fds (out of fds), the child runs without
+    /// it, and [`crate::adopt::ParentSide::receive`] says that nothing came.
+    pub fn with_adopt(mut self, mut side: crate::adopt::ChildSide) -> Self {
+        if side.move_above(3 + self.source_fds.len() as RawFd).is_ok() {
+            self.adopt = Some(side);
+        }
+        self
     }
 
     /// Leave `LISTEN_PID` out of the child's environment: for a server started through a

@@ -174,13 +174,12 @@ fn a_child_binding_the_held_port_gets_the_held_socket() {
     let (parent, child) = adopt::channel().expect("channel");
     let plan = SpawnPlan::prepare(&python, &argv, &env, &[], None)
         .expect("plan")
-        .with_adopt(child)
-        .expect("adopt");
+        .with_adopt(child);
     let pid = spawn(plan).expect("spawn");
     let _reap = Reap(pid);
     let installed = parent.receive().expect("seccomp fd");
     let (tx, rx) = mpsc::channel();
-    let hs = vec![HeldSocket::new(0, held.as_fd()).expect("held")];
+    let hs = vec![HeldSocket::new(0, held.as_fd(), false).expect("held")];
     let _watch = Watch::start(
         "adopt-test".into(),
         installed.notify,
