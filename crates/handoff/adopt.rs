@@ -13,7 +13,7 @@ use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 
 use handoff_core::supervisor::{GenId, Pid};
-use handoff_sys::adopt::{self, HeldSocket, NonBlockPolicy, Notice, ParentSide, Watch};
+use handoff_sys::adopt::{self, HeldSet, HeldSocket, NonBlockPolicy, Notice, ParentSide, Watch};
 use handoff_sys::listeners::{Kind, Listener};
 use handoff_sys::spawn::SpawnPlan;
 use serde_json::{json, Value};
@@ -23,6 +23,7 @@ use tracing::{info, warn};
 type Table = Arc<Mutex<HashMap<GenId, Vec<Value>>>>;
 
 pub struct Adoption {
+    held: HeldSet,
     nonblock: NonBlockPolicy,
     watches: HashMap<GenId, Watch>,
     adopted: Table,
@@ -33,6 +34,7 @@ impl Adoption {
     /// TCP (nothing to adopt: no filter, and no NO_NEW_PRIVS, is imposed on the child).
     pub fn new(listeners: &[Listener]) -> Option<Self> {
         listeners.iter().any(|l| l.kind == Kind::Tcp).then(|| Self {
+            held: HeldSet::default(),
             nonblock: NonBlockPolicy::default(),
             watches: HashMap::new(),
             adopted: Table::default(),
@@ -63,12 +65,8 @@ impl Adoption {
                 return;
             }
         };
-        let held: Vec<HeldSocket> = listeners
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.kind != Kind::Udp)
-            .filter_map(|(i, l)| HeldSocket::new(i, l.as_fd(), l.all_interfaces).ok())
-            .collect();
+        // Listeners may have been re-created since the last spawn.
+        self.listeners_changed(listeners);
         let table = self.adopted.clone();
         table
             .lock()
@@ -78,7 +76,7 @@ impl Adoption {
         match Watch::start(
             format!("adopt-{gen}"),
             installed.notify,
-            held,
+            self.held.clone(),
             self.nonblock.clone(),
             tell,
         ) {
@@ -88,6 +86,18 @@ impl Adoption {
             Err(e) => warn!(event = "adopt_error", gen, pid,
                 "cannot start answering generation {gen}'s binds: {e}; its bind(), listen() and shutdown() calls will fail with ENOSYS"),
         }
+    }
+
+    /// handoff's listeners changed (closed at shutdown, re-created): give out these.
+    pub fn listeners_changed(&self, listeners: &[Listener]) {
+        self.held.replace(
+            listeners
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.kind != Kind::Udp)
+                .filter_map(|(i, l)| HeldSocket::new(i, l.as_fd(), l.all_interfaces).ok())
+                .collect(),
+        );
     }
 
     /// The generation is gone (its leftovers killed): stop answering, close its fd.

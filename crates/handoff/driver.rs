@@ -375,6 +375,9 @@ impl Driver {
             }
             Action::CheckListeners { gen } => {
                 let count = self.restore_listeners(gen);
+                if let (Some(a), true) = (&self.services.adopt, count > 0) {
+                    a.listeners_changed(&self.listeners);
+                }
                 self.handle(Event::ListenersRestored { count });
             }
             Action::CloseListeners => {
@@ -385,6 +388,9 @@ impl Driver {
                 }
                 // Dropping closes handoff's copy; the draining generations hold theirs.
                 self.listeners.retain(|l| l.inherited);
+                if let Some(a) = &self.services.adopt {
+                    a.listeners_changed(&self.listeners);
+                }
             }
             Action::Probe { gen, pid } => self.run_probe(gen, pid),
             Action::CheckWrapper { gen, pid } => check_wrapper(gen, pid, self.child.listen_pid),

@@ -446,6 +446,19 @@ impl HeldSocket {
     }
 }
 
+/// The listeners every watch gives out: handoff's current ones, shared by all generations'
+/// watches and replaced by the driver when they change (a listener re-created after a
+/// child's `shutdown()`, the listeners closed at shutdown so that new clients are refused at
+/// once). A watch holds no socket of its own.
+#[derive(Clone, Default)]
+pub struct HeldSet(Arc<Mutex<Vec<HeldSocket>>>);
+
+impl HeldSet {
+    pub fn replace(&self, held: Vec<HeldSocket>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = held;
+    }
+}
+
 fn inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
     // SAFETY: stat is plain data; fstat fills it.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -505,12 +518,18 @@ pub enum Notice {
 /// with ENOSYS; handoff drops it when the generation is retired, its leftovers killed).
 pub struct Watch {
     stop: Option<OwnedFd>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        // Closing the write end wakes the thread's poll (POLLHUP).
+        // Closing the write end wakes the thread's poll (POLLHUP). It ends at once (handling
+        // one notification makes no blocking call), and is joined so that its fds are closed
+        // when the generation is retired, not some time later.
         self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -520,7 +539,7 @@ impl Watch {
     pub fn start(
         name: String,
         notify: OwnedFd,
-        held: Vec<HeldSocket>,
+        held: HeldSet,
         nonblock: NonBlockPolicy,
         tell: impl Fn(Notice) + Send + 'static,
     ) -> io::Result<Self> {
@@ -536,16 +555,19 @@ impl Watch {
             held,
             nonblock,
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || handler.run(r, &tell))?;
-        Ok(Self { stop: Some(w) })
+        Ok(Self {
+            stop: Some(w),
+            thread: Some(thread),
+        })
     }
 }
 
 struct Handler {
     notify: OwnedFd,
-    held: Vec<HeldSocket>,
+    held: HeldSet,
     nonblock: NonBlockPolicy,
 }
 
@@ -607,20 +629,26 @@ impl Handler {
             // ENOENT: the task died or was interrupted before we got it. Nothing to answer.
             return;
         }
+        let held = self.held.0.lock().unwrap_or_else(|e| e.into_inner());
         let answer = match i64::from(req.data.nr) {
-            n if n == libc::SYS_bind => self.bind(&req, tell),
-            n if n == libc::SYS_listen => self.on_held(&req, tell, |pid, fd| Notice::Listen {
-                pid,
-                fd,
-                backlog: req.data.args[1] as i32,
-            }),
-            n if n == libc::SYS_shutdown => self.on_held(&req, tell, |pid, fd| Notice::Shutdown {
-                pid,
-                fd,
-                how: req.data.args[1] as i32,
-            }),
+            n if n == libc::SYS_bind => self.bind(&held, &req, tell),
+            n if n == libc::SYS_listen => {
+                self.on_held(&held, &req, tell, |pid, fd| Notice::Listen {
+                    pid,
+                    fd,
+                    backlog: req.data.args[1] as i32,
+                })
+            }
+            n if n == libc::SYS_shutdown => {
+                self.on_held(&held, &req, tell, |pid, fd| Notice::Shutdown {
+                    pid,
+                    fd,
+                    how: req.data.args[1] as i32,
+                })
+            }
             _ => Answer::Continue,
         };
+        drop(held);
         let mut resp = libc::seccomp_notif_resp {
             id: req.id,
             val: 0,
@@ -656,7 +684,7 @@ impl Handler {
     }
 
     /// The held socket at the child's `fd`, if it is one (by inode, via /proc/TID/fd).
-    fn held_at(&self, tid: u32, fd: i32) -> Option<&HeldSocket> {
+    fn held_at(held: &[HeldSocket], tid: u32, fd: i32) -> Option<&HeldSocket> {
         let link = std::fs::read_link(format!("/proc/{tid}/fd/{fd}")).ok()?;
         let ino: u64 = link
             .to_str()?
@@ -664,18 +692,19 @@ impl Handler {
             .strip_suffix(']')?
             .parse()
             .ok()?;
-        self.held.iter().find(|h| h.ino == ino)
+        held.iter().find(|h| h.ino == ino)
     }
 
     /// `listen` or `shutdown`: answered 0 on a held socket, left to the kernel otherwise.
     fn on_held(
         &self,
+        held: &[HeldSocket],
         req: &libc::seccomp_notif,
         tell: &dyn Fn(Notice),
         notice: impl Fn(u32, i32) -> Notice,
     ) -> Answer {
         let fd = req.data.args[0] as i32;
-        if req.pid == 0 || self.held_at(req.pid, fd).is_none() {
+        if req.pid == 0 || Self::held_at(held, req.pid, fd).is_none() {
             return Answer::Continue;
         }
         if !self.valid(req.id) {
@@ -685,7 +714,12 @@ impl Handler {
         Answer::Value(0)
     }
 
-    fn bind(&self, req: &libc::seccomp_notif, tell: &dyn Fn(Notice)) -> Answer {
+    fn bind(
+        &self,
+        held: &[HeldSocket],
+        req: &libc::seccomp_notif,
+        tell: &dyn Fn(Notice),
+    ) -> Answer {
         let tid = req.pid;
         let fd = req.data.args[0] as i32;
         if tid == 0 {
@@ -698,14 +732,13 @@ impl Handler {
         // The cheap check first: most binds that are not ours (port 0, other ports, Go's
         // IPv6 probes) stop here.
         if addr.port() == 0
-            || !self
-                .held
+            || !held
                 .iter()
                 .any(|h| h.tcp.is_some_and(|t| t.addr.port() == addr.port()))
         {
             return Answer::Continue;
         }
-        if let Some(h) = self.held_at(tid, fd) {
+        if let Some(h) = Self::held_at(held, tid, fd) {
             // A bind again of an adopted fd (a restarted call, or a server binding twice):
             // 0, as for the first one, when it asks for the same address.
             let again = Request {
@@ -737,8 +770,8 @@ impl Handler {
         if child.family != addr_family(&addr) {
             return Answer::Continue; // the kernel will refuse it (EINVAL/EAFNOSUPPORT)
         }
-        let tcp: Vec<Held> = self.held.iter().filter_map(|h| h.tcp).collect();
-        let tcp_held: Vec<&HeldSocket> = self.held.iter().filter(|h| h.tcp.is_some()).collect();
+        let tcp: Vec<Held> = held.iter().filter_map(|h| h.tcp).collect();
+        let tcp_held: Vec<&HeldSocket> = held.iter().filter(|h| h.tcp.is_some()).collect();
         let request = Request {
             addr,
             stream: child.stream,

@@ -179,7 +179,8 @@ fn a_child_binding_the_held_port_gets_the_held_socket() {
     let _reap = Reap(pid);
     let installed = parent.receive().expect("seccomp fd");
     let (tx, rx) = mpsc::channel();
-    let hs = vec![HeldSocket::new(0, held.as_fd(), false).expect("held")];
+    let hs = adopt::HeldSet::default();
+    hs.replace(vec![HeldSocket::new(0, held.as_fd(), false).expect("held")]);
     let _watch = Watch::start(
         "adopt-test".into(),
         installed.notify,
