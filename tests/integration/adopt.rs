@@ -364,3 +364,60 @@ fn a_listen_fds_server_keeps_its_socket_and_its_shutdown_is_swallowed() {
     assert!(h.events("listener_restored").is_empty(), "{}", h.raw_log());
     assert!(h.events("adopted").is_empty(), "it bound nothing itself");
 }
+
+/// The effective uid a setuid-root copy of `id` gets in a child of `b`'s handoff; and the log.
+fn setuid_helper_euid(b: Builder, user: &[&str]) -> (String, Handoff) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = b.dir().to_path_buf();
+    // nobody must create the control socket there and write the result.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let helper = dir.join("suid-id");
+    std::fs::copy("/usr/bin/id", &helper).expect("copy id");
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o4755)).expect("setuid");
+    let out = dir.join("euid");
+    let h = b
+        .args(["--listen", "127.0.0.1:0"])
+        .args(user.iter().copied())
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "\"$0\" -u > \"$1.tmp\" && mv \"$1.tmp\" \"$1\"; exec sleep 1000",
+        ])
+        .arg(&helper)
+        .arg(&out)
+        .start();
+    wait_until("the helper's euid", WAIT, || out.exists());
+    let euid = std::fs::read_to_string(&out)
+        .expect("read")
+        .trim()
+        .to_string();
+    (euid, h)
+}
+
+#[test]
+#[ignore = "needs root (a setuid-root helper; handoff as nobody via setpriv); CI's root stage runs it with --ignored"]
+fn setuid_helpers_keep_working_unless_handoff_lacks_cap_sys_admin() {
+    assert!(is_root(), "needs root: run with --ignored as root");
+    // Root handoff (CAP_SYS_ADMIN), child run as nobody: the filter goes in before the
+    // privilege drop, no NO_NEW_PRIVS, the setuid helper gets euid 0.
+    let (euid, h) = setuid_helper_euid(handoff(), &["--user", "nobody"]);
+    assert_eq!(euid, "0", "{}", h.raw_log());
+    assert!(h.events("adopt_no_new_privs").is_empty());
+    drop(h);
+    // handoff itself as nobody: a filter needs NO_NEW_PRIVS, said once at start; the setuid
+    // bit no longer raises privileges.
+    let nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
+    let (euid, h) = setuid_helper_euid(handoff_under(&nobody), &[]);
+    assert_eq!(euid, "65534", "{}", h.raw_log());
+    h.wait("adopt_no_new_privs", &[]);
+    drop(h);
+    // The same with --adopt off: setuid works, as before adoption existed.
+    let (euid, h) = setuid_helper_euid(handoff_under(&nobody), &["--adopt", "off"]);
+    assert_eq!(euid, "0", "{}", h.raw_log());
+}
