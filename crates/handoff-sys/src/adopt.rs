@@ -629,18 +629,20 @@ impl Handler {
             // ENOENT: the task died or was interrupted before we got it. Nothing to answer.
             return;
         }
+        // What to log, told only once the child has its answer: logging must not delay it.
+        let mut notes = Vec::new();
         let held = self.held.0.lock().unwrap_or_else(|e| e.into_inner());
         let answer = match i64::from(req.data.nr) {
-            n if n == libc::SYS_bind => self.bind(&held, &req, tell),
+            n if n == libc::SYS_bind => self.bind(&held, &req, &mut notes),
             n if n == libc::SYS_listen => {
-                self.on_held(&held, &req, tell, |pid, fd| Notice::Listen {
+                self.on_held(&held, &req, &mut notes, |pid, fd| Notice::Listen {
                     pid,
                     fd,
                     backlog: req.data.args[1] as i32,
                 })
             }
             n if n == libc::SYS_shutdown => {
-                self.on_held(&held, &req, tell, |pid, fd| Notice::Shutdown {
+                self.on_held(&held, &req, &mut notes, |pid, fd| Notice::Shutdown {
                     pid,
                     fd,
                     how: req.data.args[1] as i32,
@@ -656,7 +658,10 @@ impl Handler {
             flags: 0,
         };
         match answer {
-            Answer::Gone => return,
+            Answer::Gone => {
+                notes.into_iter().for_each(tell);
+                return;
+            }
             Answer::Continue => resp.flags = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32,
             Answer::Value(v) => resp.val = v,
         }
@@ -668,6 +673,7 @@ impl Handler {
                 &mut resp,
             )
         };
+        notes.into_iter().for_each(tell);
     }
 
     fn valid(&self, id: u64) -> bool {
@@ -700,7 +706,7 @@ impl Handler {
         &self,
         held: &[HeldSocket],
         req: &libc::seccomp_notif,
-        tell: &dyn Fn(Notice),
+        tell: &mut Vec<Notice>,
         notice: impl Fn(u32, i32) -> Notice,
     ) -> Answer {
         let fd = req.data.args[0] as i32;
@@ -710,7 +716,7 @@ impl Handler {
         if !self.valid(req.id) {
             return Answer::Gone;
         }
-        tell(notice(req.pid, fd));
+        tell.push(notice(req.pid, fd));
         Answer::Value(0)
     }
 
@@ -718,7 +724,7 @@ impl Handler {
         &self,
         held: &[HeldSocket],
         req: &libc::seccomp_notif,
-        tell: &dyn Fn(Notice),
+        tell: &mut Vec<Notice>,
     ) -> Answer {
         let tid = req.pid;
         let fd = req.data.args[0] as i32;
@@ -752,7 +758,7 @@ impl Handler {
                 if !self.valid(req.id) {
                     return Answer::Gone;
                 }
-                tell(Notice::AlreadyAdopted { pid: tid, fd, addr });
+                tell.push(Notice::AlreadyAdopted { pid: tid, fd, addr });
                 return Answer::Value(0);
             }
             return Answer::Continue;
@@ -760,7 +766,7 @@ impl Handler {
         let child = match ChildSocket::get(tid, fd) {
             Ok(c) => c,
             Err(e) => {
-                tell(Notice::Error {
+                tell.push(Notice::Error {
                     pid: tid,
                     what: format!("cannot inspect fd {fd} to bind {addr}: {e}"),
                 });
@@ -783,7 +789,7 @@ impl Handler {
                 if !self.valid(req.id) {
                     return Answer::Gone;
                 }
-                tell(Notice::OtherAddress {
+                tell.push(Notice::OtherAddress {
                     pid: tid,
                     addr,
                     held: tcp[i].addr,
@@ -800,7 +806,7 @@ impl Handler {
         let (nonblock, nonblock_kept) = match self.apply_nonblock(h, child.nonblock) {
             Ok(v) => v,
             Err(e) => {
-                tell(Notice::Error {
+                tell.push(Notice::Error {
                     pid: tid,
                     what: format!(
                         "cannot set O_NONBLOCK on {}: {e}",
@@ -834,13 +840,13 @@ impl Handler {
             if e.raw_os_error() == Some(libc::ENOENT) {
                 return Answer::Gone;
             }
-            tell(Notice::Error {
+            tell.push(Notice::Error {
                 pid: tid,
                 what: format!("cannot give fd {fd} the listener {addr}: {e}"),
             });
             return Answer::Continue;
         }
-        tell(Notice::Adopted {
+        tell.push(Notice::Adopted {
             pid: tid,
             fd,
             index: h.index,
