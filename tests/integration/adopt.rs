@@ -100,6 +100,8 @@ fn reload_under_load(mut h: Handoff) {
         let a = h.wait("adopted", &[("gen", gen.into())]);
         assert_eq!(a["addr"], addr.to_string(), "{a}");
         assert_eq!(a["index"], 0);
+        // The process, even when a runtime thread made the call (Go).
+        assert_eq!(a["pid"], h.gen_pid(gen), "{a}");
     }
     assert!(h.events("listener_restored").is_empty());
     h.signal(libc::SIGTERM);

@@ -479,7 +479,8 @@ fn inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
 #[derive(Clone, Default)]
 pub struct NonBlockPolicy(Arc<Mutex<Vec<Option<bool>>>>);
 
-/// Something a watch did, for the log and `status`.
+/// Something a watch did, for the log and `status`. `pid` is the process (thread group) that
+/// made the call, whichever of its threads it was.
 #[derive(Debug, Clone)]
 pub enum Notice {
     /// A bind was given the held listener.
@@ -716,7 +717,7 @@ impl Handler {
         if !self.valid(req.id) {
             return Answer::Gone;
         }
-        tell.push(notice(req.pid, fd));
+        tell.push(notice(process_of(req.pid), fd));
         Answer::Value(0)
     }
 
@@ -758,7 +759,11 @@ impl Handler {
                 if !self.valid(req.id) {
                     return Answer::Gone;
                 }
-                tell.push(Notice::AlreadyAdopted { pid: tid, fd, addr });
+                tell.push(Notice::AlreadyAdopted {
+                    pid: process_of(tid),
+                    fd,
+                    addr,
+                });
                 return Answer::Value(0);
             }
             return Answer::Continue;
@@ -767,7 +772,7 @@ impl Handler {
             Ok(c) => c,
             Err(e) => {
                 tell.push(Notice::Error {
-                    pid: tid,
+                    pid: process_of(tid),
                     what: format!("cannot inspect fd {fd} to bind {addr}: {e}"),
                 });
                 return Answer::Continue;
@@ -790,7 +795,7 @@ impl Handler {
                     return Answer::Gone;
                 }
                 tell.push(Notice::OtherAddress {
-                    pid: tid,
+                    pid: process_of(tid),
                     addr,
                     held: tcp[i].addr,
                 });
@@ -807,7 +812,7 @@ impl Handler {
             Ok(v) => v,
             Err(e) => {
                 tell.push(Notice::Error {
-                    pid: tid,
+                    pid: process_of(tid),
                     what: format!(
                         "cannot set O_NONBLOCK on {}: {e}",
                         h.tcp.map_or(addr, |t| t.addr)
@@ -841,13 +846,13 @@ impl Handler {
                 return Answer::Gone;
             }
             tell.push(Notice::Error {
-                pid: tid,
+                pid: process_of(tid),
                 what: format!("cannot give fd {fd} the listener {addr}: {e}"),
             });
             return Answer::Continue;
         }
         tell.push(Notice::Adopted {
-            pid: tid,
+            pid: process_of(tid),
             fd,
             index: h.index,
             addr,
@@ -885,6 +890,19 @@ impl Handler {
         }
         Ok((setting, setting != wanted))
     }
+}
+
+/// The process (thread group) of thread `tid`, for the log: a server may bind from any thread
+/// (Go does), and seccomp names the thread. `tid` itself if it cannot be read.
+fn process_of(tid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(tid)
 }
 
 fn addr_family(a: &SocketAddr) -> i32 {
@@ -931,12 +949,7 @@ struct ChildSocket {
 impl ChildSocket {
     fn get(tid: u32, fd: i32) -> io::Result<Self> {
         // pidfd_open wants a process id: a thread's is its Tgid.
-        let status = std::fs::read_to_string(format!("/proc/{tid}/status"))?;
-        let tgid: i32 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Tgid:"))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| io::Error::other("no Tgid"))?;
+        let tgid = process_of(tid) as i32;
         // SAFETY: pidfd_open returns a new fd or -1.
         let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, tgid, 0) };
         if pidfd < 0 {
