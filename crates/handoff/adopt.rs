@@ -46,10 +46,8 @@ impl Adoption {
         match adopt::channel() {
             Ok((parent, child)) => (plan.with_adopt(child), Some(parent)),
             Err(e) => {
-                warn!(
-                    event = "adopt_error",
-                    gen, "cannot prepare bind adoption for generation {gen}: {e}"
-                );
+                warn!(event = "adopt_error", gen, error = %e, msg = "cannot prepare bind adoption",
+                    "cannot prepare bind adoption for generation {gen}: {e}");
                 (plan, None)
             }
         }
@@ -60,7 +58,8 @@ impl Adoption {
         let installed = match parent.receive() {
             Ok(i) => i,
             Err(e) => {
-                warn!(event = "adopt_unavailable", gen, pid,
+                warn!(event = "adopt_unavailable", gen, pid, error = %e,
+                    msg = "generation runs without bind adoption (the filter could not be installed)",
                     "generation {gen} runs without bind adoption (the seccomp filter could not be installed: {e}); LISTEN_FDS work as usual");
                 return;
             }
@@ -83,7 +82,8 @@ impl Adoption {
             Ok(w) => {
                 self.watches.insert(gen, w);
             }
-            Err(e) => warn!(event = "adopt_error", gen, pid,
+            Err(e) => warn!(event = "adopt_error", gen, pid, error = %e,
+                msg = "cannot answer the generation's binds; they fail with ENOSYS",
                 "cannot start answering generation {gen}'s binds: {e}; its bind(), listen() and shutdown() calls will fail with ENOSYS"),
         }
     }
@@ -137,6 +137,7 @@ fn log(gen: GenId, n: &Notice, table: &Table) {
             lost_options,
         } => {
             info!(event = "adopted", gen, pid, fd, index, addr = %addr, nonblock,
+                msg = "a generation bound a held address itself: gave it handoff's listener",
                 "generation {gen} (pid {pid}) bound {addr} itself: gave its fd {fd} handoff's listener (fd {} in LISTEN_FDS)", 3 + index);
             table
                 .lock()
@@ -148,6 +149,7 @@ fn log(gen: GenId, n: &Notice, table: &Table) {
                 );
             if *nonblock_kept {
                 warn!(event = "adopt_nonblock_kept", gen, pid, fd, addr = %addr, nonblock,
+                    msg = "O_NONBLOCK of the shared listener kept as the first adopter set it",
                     "generation {gen} made its socket for {addr} {}, but the listener is shared and stays {} (the first adopter's setting)",
                     if *nonblock { "blocking" } else { "non-blocking" },
                     if *nonblock { "non-blocking" } else { "blocking" });
@@ -155,31 +157,35 @@ fn log(gen: GenId, n: &Notice, table: &Table) {
             if !lost_options.is_empty() {
                 let options = lost_options.join(",");
                 warn!(event = "adopt_options_lost", gen, pid, fd, addr = %addr, options = %options,
+                    msg = "options set on the replaced socket before bind() are lost",
                     "generation {gen} set {options} on its own socket for {addr} before bind(); that socket was replaced by handoff's listener, which does not have them");
             }
         }
         Notice::AlreadyAdopted { pid, fd, addr } => {
             info!(event = "adopt_rebind", gen, pid, fd, addr = %addr,
+                msg = "bind() again of handoff's listener: answered 0",
                 "generation {gen} (pid {pid}) bound its fd {fd}, already handoff's listener, to {addr} again: answered 0");
         }
         Notice::OtherAddress { pid, addr, held } => {
             warn!(event = "adopt_other_address", gen, pid, addr = %addr, held = %held,
+                msg = "bind() of a held port at another address: not adopted",
                 "generation {gen} (pid {pid}) binds {addr}, but handoff holds this port at {held}: not adopted (only the exact address is; it will likely get EADDRINUSE). Use --listen {} to give it that address",
                 listen_form(addr));
         }
         Notice::Listen { pid, fd, backlog } => {
             info!(event = "adopt_listen", gen, pid, fd, backlog,
+                msg = "listen() on handoff's listener: answered 0, backlog unchanged",
                 "generation {gen} (pid {pid}) called listen(fd {fd}, {backlog}) on handoff's listener: answered 0, the backlog stays handoff's (--backlog)");
         }
         Notice::Shutdown { pid, fd, how } => {
             warn!(event = "adopt_shutdown", gen, pid, fd, how,
+                msg = "shutdown() of handoff's listener: answered 0, not done",
                 "generation {gen} (pid {pid}) called shutdown() on handoff's listener (fd {fd}): not done (it would stop the listener for every generation), answered 0");
         }
         Notice::Error { pid, what } => {
-            warn!(
-                event = "adopt_error",
-                gen, pid, "generation {gen} (pid {pid}): {what}; left to the kernel"
-            );
+            warn!(event = "adopt_error", gen, pid, error = %what,
+                msg = "bind adoption failed; the call was left to the kernel",
+                "generation {gen} (pid {pid}): {what}; left to the kernel");
         }
     }
 }

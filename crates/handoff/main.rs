@@ -499,12 +499,14 @@ fn setup_adopt(mode: Adopt, listeners: &[Listener]) -> Option<adopt::Adoption> {
         Ok(s) => {
             if s.needs_nnp {
                 tracing::info!(event = "adopt_no_new_privs",
+                    msg = "children run with no_new_privs: setuid programs they start gain no privileges",
                     "bind adoption: handoff lacks CAP_SYS_ADMIN, so children run with no_new_privs: setuid programs they start (sudo, su, ping) do not gain privileges; --adopt off if they must");
             }
             Some(a)
         }
         Err(why) => {
-            tracing::warn!(event = "adopt_unavailable",
+            tracing::warn!(event = "adopt_unavailable", error = %why,
+                msg = "bind adoption is unavailable; LISTEN_FDS servers work as usual",
                 "bind adoption is unavailable: {why}; servers that take LISTEN_FDS work as usual, a server that binds a --listen address itself will get EADDRINUSE");
             None
         }

@@ -87,7 +87,7 @@ fn reload_under_load(mut h: Handoff) {
             load.answered(gen)
         });
         let drained = h.wait("drained", &[("gen", (gen - 1).into())]);
-        assert_eq!(drained["status"], "exit status 0", "{drained}");
+        assert_eq!(drained["exit_status"], "exit status 0", "{drained}");
     }
     let t = load.finish();
     t.assert_no_failures("adopt", 50);
