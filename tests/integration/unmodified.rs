@@ -161,3 +161,30 @@ fn a_listener_nobody_accepts_on_is_reported_stuck() {
     assert_eq!(st["listeners"][0]["stuck"], true, "{st}");
     assert_eq!(st["listeners"][0]["accept_queue"], 2, "{st}");
 }
+
+#[test]
+fn a_first_generation_accepting_without_ready_is_kept_and_a_reload_like_it_fails_saying_why() {
+    // The fixture accepts on fd 3 and sends STATUS= but never READY=1: a notifier that never
+    // finishes. Generation 1 is kept (nothing else serves), with a warning; a reload to the
+    // same fails with what was seen, and generation 1 keeps serving.
+    let h = with_fixture(&["--ready-timeout", "1s"], &["--never-ready"]);
+    let w = h.wait("ready_without_notify", &[("gen", 1.into())]);
+    assert_eq!(w["fd"], 3, "{w}");
+    assert!(h.events("failed").is_empty(), "{}", h.raw_log());
+    let (code, out, err) = h.cmd(&["reload"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("accepting on fd 3 but no READY=1: send READY=1, or pass --ready-after"),
+        "{out}{err}"
+    );
+    assert_eq!(
+        h.events("spawned").len(),
+        2,
+        "no restart loop: {}",
+        h.raw_log()
+    );
+    assert!(matches!(
+        get(h.addr(0), "/"),
+        Outcome::Ok { status: 200, .. }
+    ));
+}
