@@ -161,6 +161,19 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub ready_after: Option<Duration>,
 
+    /// Readiness for servers that send no READY=1: `auto` watches a starting generation in
+    /// /proc for tasks waiting to accept on its listeners, and proves edge-triggered servers
+    /// (Go, tokio) with connections of handoff's own; `scan` only watches; `off` neither.
+    /// A server that sends any notify datagram is judged by its READY=1 only. See README,
+    /// "Servers that cannot send READY=1".
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = DetectReady::Auto)]
+    pub detect_ready: DetectReady,
+
+    /// With nothing to follow (the first generation), detection judges a silent server
+    /// ready only once it has waited to accept this long without a notify datagram.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub detect_grace: Duration,
+
     /// What to do when the serving child dies on its own.
     #[arg(long, value_enum, default_value_t = Restart::Always)]
     pub restart: Restart,
@@ -268,6 +281,17 @@ pub enum Adopt {
     /// Adopt binds of held TCP addresses (if the kernel allows it; handoff says when not).
     On,
     /// No seccomp filter: a server's own bind of a held address gets EADDRINUSE.
+    Off,
+}
+
+/// `--detect-ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DetectReady {
+    /// Watch /proc, and prove edge-triggered servers with connections of handoff's own.
+    Auto,
+    /// Watch /proc only: no connections of handoff's own.
+    Scan,
+    /// No detection: READY=1, --ready-after or --ready-probe only.
     Off,
 }
 

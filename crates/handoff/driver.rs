@@ -21,18 +21,20 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::time::Instant;
 
+use handoff_core::accepting::{self as acc, ListenerWait, QueueChange, QueueWatch};
 use handoff_core::child_env::{self, Env, ListenerEnv};
 use handoff_core::signal::Signal;
 use handoff_core::supervisor::{
     Action, Event, ExitStatus, GenId, Pid, ReplyTo, RequestId, Supervisor, Target,
 };
+use handoff_sys::accepting::{self, AcceptProbe};
 use handoff_sys::cgroup::{GenCgroup, Generations};
-use handoff_sys::listeners::Listener;
+use handoff_sys::listeners::{Kind, Listener};
 use handoff_sys::notify_socket::{NotifySocket, RuntimeDir};
 use handoff_sys::spawn::{self, Creds};
 use handoff_sys::{kill, reaper};
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::control::{self, Command, Incoming};
 use crate::intake::{Datagram, Intake};
@@ -88,6 +90,7 @@ enum Input {
     Control(Incoming),
     FileChanged,
     WatchdogTick,
+    QueueCheck,
     Deadline,
     Scrape(crate::metrics::Scrape),
 }
@@ -112,6 +115,16 @@ pub struct Driver {
     started: Instant,
     /// Set by `Action::Exit`.
     exit: Option<i32>,
+    /// Proof-of-accept connections in flight, by generation and listener index.
+    proofs: HashMap<(GenId, usize), Proof>,
+    /// Each listener's accept queue, watched for connections nobody accepts.
+    queues: Vec<QueueWatch>,
+}
+
+/// A proof-of-accept connection, and how many scans found it accepted by someone else.
+struct Proof {
+    probe: AcceptProbe,
+    elsewhere: u32,
 }
 
 impl Driver {
@@ -137,6 +150,8 @@ impl Driver {
             retiring: Vec::new(),
             started: Instant::now(),
             exit: None,
+            proofs: HashMap::new(),
+            queues: Vec::new(),
         }
     }
 
@@ -165,6 +180,9 @@ impl Driver {
             .and_then(|m| m.watchdog)
             .map(tokio::time::interval);
         // One timer, re-armed only when the state machine's deadline changes.
+        // Accept queues nobody drains (a server that binds elsewhere, or never accepts).
+        let mut queue_check = tokio::time::interval(std::time::Duration::from_secs(1));
+        queue_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
         tokio::pin!(sleep);
         let mut armed: Option<Instant> = None;
@@ -195,6 +213,7 @@ impl Driver {
                 Some(inc) = ctl_rx.recv() => Input::Control(inc),
                 () = async { changed.as_ref().expect("guarded").notified().await }, if changed.is_some() => Input::FileChanged,
                 _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => Input::WatchdogTick,
+                _ = queue_check.tick() => Input::QueueCheck,
                 () = &mut sleep, if armed.is_some() => Input::Deadline,
                 Some(s) = async { scrapes.as_mut().expect("guarded").recv().await }, if scrapes.is_some() => Input::Scrape(s),
             };
@@ -235,6 +254,7 @@ impl Driver {
                     m.watchdog();
                 }
             }
+            Input::QueueCheck => self.check_queues(),
             Input::Deadline => self.handle(Event::Timeout),
             Input::Scrape(reply) => {
                 if let Some(m) = &self.metrics {
@@ -394,6 +414,11 @@ impl Driver {
             }
             Action::Probe { gen, pid } => self.run_probe(gen, pid),
             Action::CheckWrapper { gen, pid } => check_wrapper(gen, pid, self.child.listen_pid),
+            Action::Scan { gen, pid, prove } => {
+                let (seen, fd) = self.scan(gen, pid, prove);
+                self.handle(Event::Accepting { gen, seen, fd });
+            }
+            Action::StopProving { gen } => self.proofs.retain(|(g, _), _| *g != gen),
             Action::StopProbe { gen } => {
                 // Not yet reaped (the reaper removes it from `probes`): safe to signal.
                 for (&pid, _) in self.probes.iter().filter(|(_, g)| **g == gen) {
@@ -412,6 +437,15 @@ impl Driver {
                         listeners: &self.listeners,
                         started: self.started,
                         command: &self.child.argv,
+                        queues: &self
+                            .listeners
+                            .iter()
+                            .enumerate()
+                            .map(|(i, l)| {
+                                let stuck = self.queues.get(i).is_some_and(QueueWatch::stuck);
+                                (accepting::accept_queue(l.as_fd()), stuck)
+                            })
+                            .collect::<Vec<_>>(),
                         tracking: if self.services.cgroups.is_some() {
                             "cgroup"
                         } else {
@@ -587,6 +621,139 @@ impl Driver {
                     gen, error = %e, msg = "cannot run the ready probe", "cannot run the ready probe: {e}"
                 );
                 self.handle(Event::ProbeResult { gen, ok: false });
+            }
+        }
+    }
+
+    /// The processes of generation `gen` (main process `pid`): its cgroup, else its tree.
+    fn generation_pids(&self, gen: GenId, pid: Pid) -> Vec<u32> {
+        match self.cgroup_of.get(&gen).and_then(|cg| cg.pids().ok()) {
+            Some(p) if !p.is_empty() => p,
+            _ => accepting::process_tree(pid),
+        }
+    }
+
+    /// The stream listeners (index, inode): the ones a server accepts on.
+    fn stream_listeners(&self) -> Vec<(usize, u64)> {
+        self.listeners
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.kind != Kind::Udp)
+            .filter_map(|(i, l)| Some((i, accepting::inode(l.as_fd()).ok()?)))
+            .collect()
+    }
+
+    /// `Action::Scan`: does `gen` wait to accept on every stream listener? With `prove`,
+    /// listeners waited on only edge-triggered get a proof-of-accept connection.
+    fn scan(&mut self, gen: GenId, pid: Pid, prove: bool) -> (acc::Accepting, Option<u32>) {
+        let pids = self.generation_pids(gen, pid);
+        let stream = self.stream_listeners();
+        let inodes: Vec<u64> = stream.iter().map(|(_, ino)| *ino).collect();
+        let seen = accepting::scan(&pids, &inodes);
+        let mut per = Vec::with_capacity(seen.len());
+        for ((i, _), s) in stream.iter().zip(seen) {
+            let mut wait = s.wait;
+            if prove && wait == ListenerWait::EdgeTriggered && self.listeners[*i].kind == Kind::Tcp
+            {
+                wait = self.prove(gen, *i, &pids);
+            }
+            per.push((wait, s.fd));
+        }
+        acc::aggregate(&per)
+    }
+
+    /// One step of proving listener `i` for `gen`: a connection of handoff's own, which only
+    /// counts when a process of `gen` accepts it. One in flight per listener; one accepted
+    /// by another generation proves nothing and is replaced.
+    fn prove(&mut self, gen: GenId, i: usize, pids: &[u32]) -> ListenerWait {
+        if let Some(p) = self.proofs.get_mut(&(gen, i)) {
+            match p.probe.accepted_inode() {
+                None => return ListenerWait::EdgeTriggered, // still queued
+                Some(ino) if accepting::holds_socket(pids, ino) => {
+                    self.proofs.remove(&(gen, i)); // closed: the server sees EOF
+                    return ListenerWait::Proven;
+                }
+                Some(_) => {
+                    // Accepted elsewhere (or its fd not installed yet: look again first).
+                    p.elsewhere += 1;
+                    if p.elsewhere < 3 {
+                        return ListenerWait::EdgeTriggered;
+                    }
+                    self.proofs.remove(&(gen, i));
+                }
+            }
+        }
+        let Ok(addr) = self.listeners[i].local.parse::<std::net::SocketAddr>() else {
+            return ListenerWait::EdgeTriggered;
+        };
+        match AcceptProbe::connect(addr) {
+            Ok(probe) => {
+                self.proofs.insert(
+                    (gen, i),
+                    Proof {
+                        probe,
+                        elsewhere: 0,
+                    },
+                );
+            }
+            Err(e) => {
+                debug!(event = "proof_error", gen, index = i, error = %e, msg = "cannot connect a proof-of-accept connection", "cannot connect to {addr} to prove generation {gen}: {e}")
+            }
+        }
+        ListenerWait::EdgeTriggered
+    }
+
+    /// Every second: an accept queue that holds connections, does not shrink, and that no
+    /// task of any generation waits on, is stuck; say so once, and once when it moves again.
+    fn check_queues(&mut self) {
+        let n = self.listeners.len();
+        self.queues.resize_with(n, QueueWatch::default);
+        let queued: Vec<Option<u32>> = self
+            .listeners
+            .iter()
+            .map(|l| accepting::accept_queue(l.as_fd()))
+            .collect();
+        if queued.iter().all(|q| q.unwrap_or(0) == 0)
+            && self
+                .queues
+                .iter()
+                .all(|w| !w.stuck() && w.queued().unwrap_or(0) == 0)
+        {
+            for (w, q) in self.queues.iter_mut().zip(&queued) {
+                if q.is_some() {
+                    w.sample(0, false);
+                }
+            }
+            return;
+        }
+        // Who waits to accept, over every live generation.
+        let stream = self.stream_listeners();
+        let inodes: Vec<u64> = stream.iter().map(|(_, ino)| *ino).collect();
+        let mut pids = Vec::new();
+        for g in self.sup.snapshot(Instant::now()).generations {
+            if let Some(pid) = g.phase.pid() {
+                pids.extend(self.generation_pids(g.gen, pid));
+            }
+        }
+        let seen = accepting::scan(&pids, &inodes);
+        for (i, q) in queued.iter().enumerate() {
+            let Some(q) = *q else { continue };
+            let waits = stream
+                .iter()
+                .zip(&seen)
+                .any(|((j, _), s)| *j == i && s.wait != ListenerWait::None);
+            let l = &self.listeners[i];
+            match self.queues[i].sample(q, waits) {
+                Some(QueueChange::Stuck { queued }) => {
+                    warn!(event = "accept_queue_stuck", index = i, addr = %l.local, accept_queue = queued,
+                        msg = "connections wait in the accept queue and no generation accepts them",
+                        "{queued} connection(s) wait in the accept queue of {} and no generation accepts them: does the server take fd {} (LISTEN_FDS), or bind a port of its own?", l.local, 3 + i)
+                }
+                Some(QueueChange::Unstuck { queued }) => {
+                    info!(event = "accept_queue_moving", index = i, addr = %l.local, accept_queue = queued,
+                        msg = "the accept queue moves again", "the accept queue of {} moves again", l.local)
+                }
+                None => {}
             }
         }
     }

@@ -378,6 +378,10 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
         watch_debounce: cli.watch_debounce,
         reload_signal: cli.reload_signal,
         wrapper_check_after: Some(Duration::from_secs(1)),
+        detect_interval: (cli.detect_ready != crate::cli::DetectReady::Off)
+            .then_some(Duration::from_millis(20)),
+        detect_grace: cli.detect_grace,
+        detect_prove: cli.detect_ready == crate::cli::DetectReady::Auto,
         ..Policy::default()
     };
     if let Some(m) = cli.metrics {

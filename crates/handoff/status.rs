@@ -89,6 +89,9 @@ pub fn reply_line(outcome: &Outcome, status: impl FnOnce() -> Value) -> String {
 /// What `status` says of handoff itself, besides the state machine.
 pub struct About<'a> {
     pub listeners: &'a [Listener],
+    /// Per listener: its accept queue (TCP only) and whether it is stuck (connections wait
+    /// and no generation accepts them).
+    pub queues: &'a [(Option<u32>, bool)],
     pub started: Instant,
     /// The child's command line.
     pub command: &'a [std::ffi::OsString],
@@ -125,6 +128,8 @@ pub fn json(snap: &Snapshot, about: &About, now: Instant) -> Value {
                 "state": g.phase.name(),
                 "age_s": tenths(g.age),
                 "time_to_ready_ms": g.time_to_ready.map(ms),
+                "ready_by": g.ready_by.map(|r| r.as_str()),
+                "accepting_fd": g.accepting_fd,
             })
         })
         .collect();
@@ -132,10 +137,13 @@ pub fn json(snap: &Snapshot, about: &About, now: Instant) -> Value {
         .iter()
         .enumerate()
         .map(|(i, l)| {
+            let (accept_queue, stuck) = about.queues.get(i).copied().unwrap_or((None, false));
             json!({
                 "fd": 3 + i, "name": l.name, "addr": l.local, "kind": l.kind.as_str(),
                 // Its socket file was deleted: unreachable by path until the next reload.
                 "file_missing": l.file_missing(),
+                "accept_queue": accept_queue,
+                "stuck": stuck,
             })
         })
         .collect();
@@ -184,6 +192,12 @@ pub fn strip_clock(v: &mut Value) {
         for k in ["last_reload", "last_failure"] {
             if let Some(x) = o.get_mut(k).and_then(Value::as_object_mut) {
                 x.remove("ago_s");
+            }
+        }
+        // The queue length moves with the load; `stuck` stays.
+        if let Some(ls) = o.get_mut("listeners").and_then(Value::as_array_mut) {
+            for l in ls.iter_mut().filter_map(Value::as_object_mut) {
+                l.remove("accept_queue");
             }
         }
         if let Some(gens) = o.get_mut("generations").and_then(Value::as_array_mut) {

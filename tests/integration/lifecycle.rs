@@ -66,9 +66,17 @@ fn stop_force_kills_at_once_and_exits_3() {
 
 #[test]
 fn restart_never_ends_handoff_when_the_child_is_never_ready() {
-    // It used to restart a child that missed its ready deadline forever.
+    // It used to restart a child that missed its ready deadline forever. Detection off: this
+    // child accepts, and would otherwise be treated as ready at its ready timeout.
     let mut h = with_fixture(
-        &["--restart", "never", "--ready-timeout", "500ms"],
+        &[
+            "--restart",
+            "never",
+            "--ready-timeout",
+            "500ms",
+            "--detect-ready",
+            "off",
+        ],
         &["--never-ready"],
     );
     h.wait("failed", &[("gen", 1.into())]);

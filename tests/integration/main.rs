@@ -28,4 +28,5 @@ mod listeners;
 mod logs;
 mod operations;
 mod reload;
+mod unmodified;
 mod zero_drop;

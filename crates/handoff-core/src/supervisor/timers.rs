@@ -17,6 +17,8 @@ pub(crate) enum Timer {
     ReadyDeadline(GenId),
     /// Next run of the readiness probe.
     Probe(GenId),
+    /// Next accept-wait scan of a starting generation (`--detect-ready`).
+    Scan(GenId),
     /// Still starting: look for a wrapper hiding the sockets (a diagnostic).
     WrapperCheck(GenId),
     /// `--drain-timeout` elapsed: SIGKILL the group.
@@ -40,6 +42,7 @@ impl Timer {
             Self::ReadyAfter(g)
             | Self::ReadyDeadline(g)
             | Self::Probe(g)
+            | Self::Scan(g)
             | Self::WrapperCheck(g)
             | Self::KillDeadline(g)
             | Self::ReapDeadline(g) => Some(g),
