@@ -420,7 +420,11 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
         handoff_sys::reaper::become_subreaper()
             .map_err(|e| Error::Start(format!("cannot become a child subreaper: {e}")))?;
         // Before binding: a generation a killed handoff left in its cgroup still holds the port.
-        let cgroups = handoff_sys::cgroup::Generations::setup();
+        let cgroups = if cli.cgroups {
+            Some(handoff_sys::cgroup::Generations::setup())
+        } else {
+            None
+        };
         let listeners = setup_listeners(&cli, inherited, backlog, cli.socket_mode, socket_owner)
             .map_err(Error::Start)?;
         // From here on, `listeners` removes its socket files if we return early.
@@ -464,15 +468,16 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
                 "removed {}, left by a handoff that is no longer running", p.display());
         }
         let cgroups = match cgroups {
-            Ok(g) => {
+            None => None,
+            Some(Ok(g)) => {
                 for c in g.cleaned() {
                     tracing::warn!(event = "stale_cgroup", cgroup = %c.cgroup, killed = c.killed.len(), msg = "killed what a previous handoff left in its cgroup",
                         "killed {} process(es) a previous handoff left in cgroup {}", c.killed.len(), c.cgroup);
                 }
                 Some(g)
             }
-            Err(why) => {
-                tracing::info!(event = "no_cgroups", reason = %why, msg = "no cgroups: a generation is tracked by its process group", "{why}; a generation is tracked by its process group");
+            Some(Err(why)) => {
+                tracing::warn!(event = "no_cgroups", reason = %why, msg = "no cgroups: a generation is tracked by its process group", "{why}; a generation is tracked by its process group");
                 None
             }
         };

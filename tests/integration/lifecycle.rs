@@ -337,7 +337,14 @@ fn workers_that_left_the_process_group_go_with_their_generation() {
     let b = handoff();
     let pids = b.dir().join("pids");
     let h = b
-        .args(["--listen", "127.0.0.1:0", "--", "python3", &fixture()])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cgroups",
+            "--",
+            "python3",
+            &fixture(),
+        ])
         .args([
             "--workers",
             "2",
