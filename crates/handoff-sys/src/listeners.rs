@@ -13,10 +13,12 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use handoff_core::listen::{Host, InetAddr, ListenAddr, ListenSpec};
+use serde::{Deserialize, Serialize};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 /// What kind of socket a listener is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     Tcp,
     Udp,
@@ -53,7 +55,8 @@ pub struct Listener {
 }
 
 /// The exact address and options a socket was bound with, to re-create it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 enum Rebind {
     Inet {
         addr: SocketAddr,
@@ -70,7 +73,8 @@ enum Rebind {
 
 /// `--socket-mode` and `--socket-owner`: the permissions and owner of a unix socket file
 /// handoff creates. Kept with the listener, so that a re-created socket gets them too.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UnixAccess {
     /// Permission bits (`0o660`); `None` leaves them to the umask. Only the 0777 bits apply:
     /// setuid, setgid and sticky mean nothing on a socket.
@@ -79,7 +83,51 @@ pub struct UnixAccess {
     pub owner: Option<(Option<u32>, Option<u32>)>,
 }
 
+/// A listener as `handoff upgrade` carries it across exec: its fd (by number: it stays
+/// open, close-on-exec cleared for that exec only) and what handoff knows about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerState {
+    pub fd: i32,
+    pub name: String,
+    pub local: String,
+    pub kind: Kind,
+    pub inherited: bool,
+    unix_file: Option<UnixFile>,
+    rebind: Option<Rebind>,
+}
+
 impl Listener {
+    /// What [`Listener::adopt`] needs to take this listener over after an exec.
+    pub fn export(&self) -> ListenerState {
+        ListenerState {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+            name: self.name.clone(),
+            local: self.local.clone(),
+            kind: self.kind,
+            inherited: self.inherited,
+            unix_file: self.unix_file.clone(),
+            rebind: self.rebind.clone(),
+        }
+    }
+
+    /// Take over the listener an earlier image of this process exported, at its fd. The fd
+    /// must be an open socket (checked), of which this process becomes the owner.
+    pub fn adopt(st: ListenerState) -> io::Result<Self> {
+        let fd = crate::upgrade::take_fd(st.fd, "listener")?;
+        // A socket, as it was: a fd number reused by something else is refused.
+        socket2::SockRef::from(&fd).r#type()?;
+        Ok(Self {
+            name: st.name,
+            local: st.local,
+            unix_file: st.unix_file,
+            kind: st.kind,
+            inherited: st.inherited,
+            rebind: st.rebind,
+            fd,
+        })
+    }
+
     /// A socket handoff received through socket activation (`LISTEN_FDS` for its own pid).
     pub fn from_inherited(fd: OwnedFd, name: String) -> io::Result<Self> {
         let s = socket2::SockRef::from(&fd);
@@ -304,7 +352,8 @@ fn fchown_empty_path(fd: &OwnedFd, uid: Option<u32>, gid: Option<u32>) -> io::Re
 }
 
 /// A socket file handoff created; removed at exit only if it is still the same file.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UnixFile {
     pub path: PathBuf,
     dev: u64,

@@ -130,6 +130,31 @@ impl RuntimeDir {
         &self.path
     }
 
+    /// The directory's fd (open and `flock`ed), for `handoff upgrade` to carry across exec.
+    pub fn lock_fd(&self) -> RawFd {
+        self.lock.as_raw_fd()
+    }
+
+    /// Take over the directory an earlier image of this process created: `fd` is its
+    /// [`RuntimeDir::lock_fd`], which still holds the lock (a `flock` belongs to the open
+    /// file, which survives exec). Checked: `fd` is a directory, the one at `path`.
+    pub fn adopt(path: PathBuf, fd: RawFd) -> io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let lock = std::fs::File::from(crate::upgrade::take_fd(fd, "runtime directory")?);
+        let (m, p) = (lock.metadata()?, std::fs::symlink_metadata(&path)?);
+        if !m.is_dir() || m.dev() != p.dev() || m.ino() != p.ino() {
+            return Err(io::Error::other(format!(
+                "fd {fd} is not the runtime directory {}",
+                path.display()
+            )));
+        }
+        Ok(Self {
+            path,
+            lock,
+            stale_removed: Vec::new(),
+        })
+    }
+
     /// The directories of handoffs that are no longer running (killed: their own clean-up
     /// never ran) that were removed from the same base directory at creation.
     pub fn stale_removed(&self) -> &[PathBuf] {
@@ -323,6 +348,22 @@ impl NotifySocket {
     /// The value for the child's `NOTIFY_SOCKET`.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Take over the notify socket an earlier image of this process bound at `path`, at
+    /// `fd` (checked: a unix datagram socket bound to `path`).
+    pub fn adopt(path: PathBuf, fd: RawFd) -> io::Result<Self> {
+        let fd = crate::upgrade::take_fd(fd, "notify socket")?;
+        let s = socket2::SockRef::from(&fd);
+        let bound = s.local_addr()?;
+        if s.r#type()? != socket2::Type::DGRAM || bound.as_pathname() != Some(path.as_path()) {
+            return Err(io::Error::other(format!(
+                "fd {} is not the notify socket {}",
+                fd.as_raw_fd(),
+                path.display()
+            )));
+        }
+        Ok(Self { fd, path })
     }
 
     /// Receive one datagram without blocking.
