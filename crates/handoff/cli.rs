@@ -97,6 +97,29 @@ pub enum Sub {
         #[arg(long, value_name = "DIR", conflicts_with = "page")]
         dir: Option<PathBuf>,
     },
+    /// Replace the running handoff by a new handoff binary under the same pid, children,
+    /// sockets and generations untouched, and wait: exit 0 once the new image serves the
+    /// control socket with the same generations, 1 (and the old image keeps running) if the
+    /// binary is missing, not executable, fails its check or crashes at start.
+    Upgrade {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The handoff binary to run [default: the path the running handoff was started
+        /// from, which a package upgrade has replaced]
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// Give up waiting after this long.
+        #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// What `handoff upgrade` asks a candidate binary before it execs it: print the state
+    /// versions this binary reads and its version, and exit 0 if it can take over the state
+    /// document on stdin (version N).
+    #[command(hide = true)]
+    CheckUpgrade {
+        #[arg(long, value_name = "N")]
+        state_version: u32,
+    },
     /// Stop the running handoff gracefully and wait until it has exited.
     Stop {
         #[command(flatten)]

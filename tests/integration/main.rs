@@ -13,6 +13,7 @@
 //! - `operations`: control commands, pid file, systemd notify/socket units, privileges,
 //!   probes, watch, PID 1, Server::Starter.
 //! - `examples`: every example server in examples/ under handoff, reloaded under load.
+//! - `upgrade`: `handoff upgrade` under load; bad binaries refused before the exec.
 
 mod util;
 
@@ -26,4 +27,5 @@ mod listeners;
 mod logs;
 mod operations;
 mod reload;
+mod upgrade;
 mod zero_drop;

@@ -1,0 +1,229 @@
+//! `handoff upgrade`: handoff execs a new binary under its own pid, children, sockets and
+//! generations untouched; a bad binary never gets that far and the old image keeps serving.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::util::*;
+
+/// A copy of the handoff binary, named `handoff`, in `dir/name/`.
+fn copy_of_handoff(dir: &Path, name: &str) -> PathBuf {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).expect("mkdir");
+    let p = d.join("handoff");
+    std::fs::copy(BIN, &p).expect("copy handoff");
+    p
+}
+
+/// An executable script at `dir/name`.
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("write script");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    p
+}
+
+fn status(h: &Handoff) -> Value {
+    let (code, out, err) = h.cmd(&["status", "--json"]);
+    assert_eq!(code, 0, "status: {err}");
+    serde_json::from_str(&out).expect("status JSON")
+}
+
+/// (gen, pid, state) of every generation.
+fn generations(st: &Value) -> Vec<(u64, u64, String)> {
+    st["generations"]
+        .as_array()
+        .expect("generations")
+        .iter()
+        .map(|g| {
+            (
+                g["gen"].as_u64().expect("gen"),
+                g["pid"].as_u64().expect("pid"),
+                g["state"].as_str().expect("state").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn exe(pid: u32) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).expect("readlink exe")
+}
+
+#[test]
+fn upgrade_under_load_fails_no_request_and_keeps_pid_generations_and_sockets() {
+    let h = with_fixture(&[], &["--ready-delay", "0.2"]);
+    h.ready(1);
+    let load = Load::start(h.addr(0), json_gen);
+    h.reload();
+    assert_eq!(
+        h.wait("reload_finished", &[("gen", 2.into())])["result"],
+        "ok"
+    );
+    wait_until("a response from generation 2", WAIT, || load.answered(2));
+    let fds_at_start = fds(h.pid);
+    let mut fds_after_first = Vec::new();
+    for round in 1..=3u64 {
+        let before = status(&h);
+        let new = copy_of_handoff(h.dir.path(), &format!("v{round}"));
+        let t = Instant::now();
+        let (code, out, err) = h.cmd(&["upgrade", "--binary", new.to_str().expect("utf-8")]);
+        assert_eq!(code, 0, "upgrade {round}: {out}{err}");
+        eprintln!("upgrade {round}: {:?}: {}", t.elapsed(), out.trim());
+        assert!(out.contains("upgraded handoff"), "{out}");
+        assert!(alive(h.pid), "same process");
+        assert_eq!(exe(h.pid), new, "/proc/PID/exe is the new file");
+        let after = status(&h);
+        assert_eq!(after["pid"], h.pid, "status answered by the same pid");
+        assert_eq!(after["upgrades"], round);
+        assert!(after["upgraded_ago_s"].as_f64().is_some(), "{after}");
+        assert_eq!(after["version"], before["version"]);
+        assert_eq!(after["listeners"], before["listeners"]);
+        assert_eq!(after["reloads"], before["reloads"]);
+        assert_eq!(
+            generations(&after),
+            generations(&before),
+            "the same generations, pids and phases"
+        );
+        h.wait("upgraded", &[("count", round.into())]);
+        if round == 1 {
+            fds_after_first = fds(h.pid);
+            eprintln!("fds before: {fds_at_start:?}\nfds after: {fds_after_first:?}");
+        }
+    }
+    assert_eq!(
+        fds(h.pid).len(),
+        fds_after_first.len(),
+        "no fd gained or lost by the second and third upgrades: {:?}",
+        fds(h.pid)
+    );
+    // The upgraded image reloads as the first one did.
+    h.reload();
+    assert_eq!(
+        h.wait("reload_finished", &[("gen", 3.into())])["result"],
+        "ok"
+    );
+    wait_until("a response from generation 3", WAIT, || load.answered(3));
+    let t = load.finish();
+    t.assert_no_failures("upgrade", 101);
+}
+
+#[test]
+fn a_draining_generation_keeps_its_drain_deadline_across_an_upgrade() {
+    let h = fixture_with_args_file(&["--drain-timeout", "4s"]);
+    std::fs::write(h.args_file(), "--ignore-term").expect("write args");
+    h.ready(1);
+    std::fs::write(h.args_file(), "").expect("write args");
+    h.reload();
+    h.wait("stopping", &[("gen", 1.into())]);
+    let stopped = Instant::now();
+    let before = status(&h);
+    assert_eq!(generations(&before)[0].2, "draining");
+    let new = copy_of_handoff(h.dir.path(), "new");
+    let (code, out, err) = h.cmd(&["upgrade", "--binary", new.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(generations(&status(&h)), generations(&before));
+    // Killed at its deadline, counted from its stop signal in the old image.
+    let killed = h.wait_event("gen 1 killed", Duration::from_secs(10), |v| {
+        v["event"] == "killed" && v["gen"] == 1
+    });
+    let at = stopped.elapsed();
+    assert_eq!(killed["reason"], "drain timeout reached", "{killed}");
+    assert!(
+        at >= Duration::from_millis(3900) && at < Duration::from_millis(5500),
+        "killed {at:?} after its stop signal; the drain timeout is 4 s"
+    );
+    h.wait("drained", &[("gen", 1.into())]);
+}
+
+#[test]
+fn a_reload_waiting_across_an_upgrade_gets_its_outcome_from_the_new_image() {
+    let h = with_fixture(&[], &["--ready-delay", "1.5"]);
+    h.ready(1);
+    let mut reload = KillOnDrop(
+        Command::new(BIN)
+            .arg("reload")
+            .env("HANDOFF_CONTROL", h.control())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("handoff reload"),
+    );
+    h.wait("spawned", &[("gen", 2.into())]);
+    let new = copy_of_handoff(h.dir.path(), "new");
+    let (code, out, err) = h.cmd(&["upgrade", "--binary", new.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{out}{err}");
+    let st = status(&h);
+    assert_eq!(generations(&st)[1].2, "starting", "{st}");
+    let mut ok = None;
+    wait_until("handoff reload to exit", WAIT, || {
+        ok = reload.0.try_wait().expect("try_wait");
+        ok.is_some()
+    });
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(reload.0.stdout.as_mut().expect("stdout"), &mut stdout)
+        .expect("read");
+    assert_eq!(ok.and_then(|s| s.code()), Some(0), "{stdout}");
+    assert!(stdout.contains("generation 2"), "{stdout}");
+}
+
+#[test]
+fn a_bad_binary_is_refused_before_the_exec_and_the_old_image_keeps_serving() {
+    let h = with_fixture(&[], &[]);
+    let p1 = h.ready(1);
+    let d = h.dir.path();
+    let not_executable = copy_of_handoff(d, "noexec");
+    std::fs::set_permissions(&not_executable, std::fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (d.join("missing/handoff"), "No such file or directory"),
+        (not_executable, "Permission denied"),
+        (
+            script(d, "fails.sh", "echo 'cannot run here' >&2; exit 1"),
+            "refused to take over (exit status 1): cannot run here",
+        ),
+        (
+            script(
+                d,
+                "newer.sh",
+                r#"echo '{"handoff_check_upgrade":1,"version":"9.0","state_versions":[2]}'"#,
+            ),
+            "reads state versions [2], not 1",
+        ),
+        (
+            script(d, "crashes.sh", "kill -SEGV $$"),
+            "killed by SIGSEGV during its upgrade check",
+        ),
+        (
+            script(d, "silent.sh", "exit 0"),
+            "did not answer the upgrade check as a handoff does",
+        ),
+    ];
+    let exe_before = exe(h.pid);
+    for (binary, why) in cases {
+        let (code, out, err) = h.cmd(&["upgrade", "--binary", binary.to_str().expect("utf-8")]);
+        assert_eq!(code, 1, "{binary:?}: {out}{err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(
+            err.starts_with("handoff: upgrade failed: ") && err.contains(why),
+            "{binary:?}: {err}"
+        );
+        // Nothing changed: same image, same generation, still serving.
+        assert_eq!(exe(h.pid), exe_before);
+        let st = status(&h);
+        assert_eq!(st["upgrades"], 0);
+        assert_eq!(st["serving"]["pid"], p1);
+        assert_eq!(get_json(h.addr(0), "/")["pid"], p1);
+        let failed = h.wait_event("upgrade_failed", WAIT, |v| {
+            v["event"] == "upgrade_failed" && v["error"].as_str().is_some_and(|e| e.contains(why))
+        });
+        assert_eq!(failed["level"], "ERROR");
+    }
+    // And a good binary still goes through afterwards.
+    let good = copy_of_handoff(d, "good");
+    let (code, out, err) = h.cmd(&["upgrade", "--binary", good.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{out}{err}");
+}
