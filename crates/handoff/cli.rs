@@ -187,6 +187,14 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Restart::Always)]
     pub restart: Restart,
 
+    /// Put the listeners handoff binds (those with a NAME=) in systemd's file-descriptor
+    /// store, so that they outlive handoff: a restart or a crash of handoff refuses no
+    /// connection. auto: when systemd says there is a store (FDSTORE=, systemd 254 and
+    /// later); always: whenever there is a NOTIFY_SOCKET (the unit must set
+    /// FileDescriptorStoreMax=; systemd 252 does not say); never.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = FdStore::Auto)]
+    pub fd_store: FdStore,
+
     /// Log format on stderr: logfmt lines, or one JSON object per line. Under systemd each
     /// line starts with its journald priority (<3>..<7>) and has no timestamp.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -266,6 +274,17 @@ pub enum Restart {
     /// Start a new generation, with exponential back-off (100 ms doubling up to 10 s).
     Always,
     /// Exit with the child's exit status.
+    Never,
+}
+
+/// `--fd-store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FdStore {
+    /// When the service manager announces a store (`FDSTORE=N`, systemd 254 and later).
+    Auto,
+    /// Whenever there is a service manager (`NOTIFY_SOCKET`).
+    Always,
+    /// Never.
     Never,
 }
 

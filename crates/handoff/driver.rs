@@ -477,13 +477,14 @@ impl Driver {
                 self.handle(Event::ListenersRestored { count });
             }
             Action::CloseListeners => {
-                for l in self.listeners.iter().filter(|l| !l.inherited) {
+                for l in self.listeners.iter().filter(|l| !l.kept_by_manager()) {
                     if let Some(f) = &l.unix_file {
                         f.remove();
                     }
                 }
-                // Dropping closes handoff's copy; the draining generations hold theirs.
-                self.listeners.retain(|l| l.inherited);
+                // Dropping closes handoff's copy; the draining generations hold theirs. The
+                // service manager keeps its own (socket unit, fd store) for the next start.
+                self.listeners.retain(|l| l.kept_by_manager());
             }
             Action::Probe { gen, pid } => self.run_probe(gen, pid),
             Action::StopProbe { gen } => {
@@ -765,6 +766,7 @@ impl Driver {
                 Ok(()) => {
                     warn!(event = "listener_restored", gen, index = i, addr = %l.local, msg = "listener stopped listening (a process called shutdown() on it); re-created it",
                         "listener {} stopped listening after generation {gen} exited (a process called shutdown() on it); re-created it", l.local);
+                    restore_in_store(self.services.manager.as_ref(), l);
                     restored += 1;
                 }
                 Err(e) => {
@@ -793,7 +795,8 @@ impl Driver {
             match l.restore() {
                 Ok(()) => {
                     warn!(event = "listener_restored", gen, index = i, addr = %l.local, msg = "socket file deleted or replaced; bound it again",
-                    "the socket file of {} was deleted or replaced; bound it again for generation {gen}", l.local)
+                    "the socket file of {} was deleted or replaced; bound it again for generation {gen}", l.local);
+                    restore_in_store(self.services.manager.as_ref(), l);
                 }
                 Err(e) => {
                     error!(event = "listener_broken", gen, index = i, addr = %l.local, error = %e, msg = "socket file deleted or replaced and cannot be bound again",
@@ -831,7 +834,7 @@ impl Driver {
         self.intake.clear();
         self.services.pid_file = None;
         self.services.control.file = None;
-        for l in &self.listeners {
+        for l in self.listeners.iter().filter(|l| !l.kept_by_manager()) {
             if let Some(f) = &l.unix_file {
                 f.remove();
             }
@@ -869,5 +872,19 @@ impl Driver {
             reaper::reap_remaining(std::time::Duration::from_secs(2));
         }
         info!(event = "exit", code, "handoff exiting");
+    }
+}
+
+/// A stored listener was re-created: the store must hold the new socket, not the dead one.
+fn restore_in_store(manager: Option<&SdNotify>, l: &Listener) {
+    let Some(m) = manager.filter(|_| l.stored) else {
+        return;
+    };
+    if let Err(e) = m
+        .remove_fd(&l.name)
+        .and_then(|()| m.store_fd(&l.name, l.as_fd()))
+    {
+        warn!(event = "fd_store_error", name = %l.name, error = %e, msg = "cannot put the listener in the service manager's fd store",
+            "cannot put listener {} in the service manager's fd store: {e}", l.name);
     }
 }

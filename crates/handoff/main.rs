@@ -614,7 +614,8 @@ fn run(
             }
             None => None,
         };
-        let listeners = guard.into_inner();
+        let mut listeners = guard.into_inner();
+        store_listeners(&mut listeners, manager.as_ref(), cli.fd_store);
         for (i, l) in listeners.iter().enumerate() {
             tracing::info!(event = "listening", index = i, fd = 3 + i, name = %l.name, addr = %l.local,
                 kind = l.kind.as_str(), inherited = l.inherited, msg = "listening",
@@ -778,6 +779,52 @@ fn resume(
     };
     let program = child.program.clone();
     Ok(Driver::new(sup, listeners, child, dir, services).resume(resumed, st.binary, program))
+}
+
+/// `--fd-store`: put the listeners handoff bound (with a name: the store gives them back
+/// by name, as `LISTEN_FDNAMES`) in the service manager's file-descriptor store. What it
+/// received (a socket unit's, or the store's after a restart) is the manager's already.
+fn store_listeners(
+    listeners: &mut [Listener],
+    manager: Option<&sdnotify::SdNotify>,
+    when: cli::FdStore,
+) {
+    let Some(m) = manager else { return };
+    let room = match when {
+        cli::FdStore::Never => return,
+        cli::FdStore::Auto => match m.fd_store {
+            Some(n) => n,
+            None => return,
+        },
+        cli::FdStore::Always => m.fd_store.unwrap_or(usize::MAX),
+    };
+    let mut stored = Vec::new();
+    for l in listeners.iter_mut().filter(|l| !l.inherited) {
+        if l.name == "unknown" || l.name.is_empty() {
+            tracing::warn!(event = "fd_store_unnamed", addr = %l.local, msg = "listener not put in the fd store: it has no name (--listen NAME=ADDR)",
+                "listener {} has no name (--listen NAME=ADDR): not put in the fd store, so a restart of handoff closes it", l.local);
+            continue;
+        }
+        if stored.len() >= room {
+            tracing::warn!(event = "fd_store_full", addr = %l.local, msg = "listener not put in the fd store: FileDescriptorStoreMax is too small",
+                "listener {} not put in the fd store: it holds {room} (FileDescriptorStoreMax=)", l.local);
+            continue;
+        }
+        match m.store_fd(&l.name, std::os::fd::AsFd::as_fd(l)) {
+            Ok(()) => {
+                l.stored = true;
+                stored.push(l.name.clone());
+            }
+            Err(e) => {
+                tracing::warn!(event = "fd_store_error", name = %l.name, error = %e, msg = "cannot put the listener in the service manager's fd store",
+                    "cannot put listener {} in the service manager's fd store: {e}", l.name);
+            }
+        }
+    }
+    if !stored.is_empty() {
+        tracing::info!(event = "fd_stored", names = %stored.join(","), msg = "listeners put in the service manager's fd store",
+            "listeners {} put in the service manager's fd store: they outlive a restart of handoff", stored.join(", "));
+    }
 }
 
 /// Removes the socket files of listeners bound so far if start-up fails later.

@@ -47,8 +47,13 @@ pub struct Listener {
     pub unix_file: Option<UnixFile>,
     /// `tcp`, `udp` or `unix`.
     pub kind: Kind,
-    /// Received from handoff's own parent (a systemd socket unit) rather than bound.
+    /// Received from handoff's own parent (a systemd socket unit, or its file-descriptor
+    /// store) rather than bound.
     pub inherited: bool,
+    /// Bound by handoff and put in its service manager's file-descriptor store: the
+    /// manager keeps it open across a restart of handoff (or a crash), so handoff leaves it
+    /// (and its socket file) to the manager at exit, as it does with an inherited one.
+    pub stored: bool,
     /// How to bind it again (bound sockets only).
     rebind: Option<Rebind>,
     fd: OwnedFd,
@@ -93,6 +98,7 @@ pub struct ListenerState {
     pub local: String,
     pub kind: Kind,
     pub inherited: bool,
+    pub stored: bool,
     unix_file: Option<UnixFile>,
     rebind: Option<Rebind>,
 }
@@ -106,6 +112,7 @@ impl Listener {
             local: self.local.clone(),
             kind: self.kind,
             inherited: self.inherited,
+            stored: self.stored,
             unix_file: self.unix_file.clone(),
             rebind: self.rebind.clone(),
         }
@@ -123,6 +130,7 @@ impl Listener {
             unix_file: st.unix_file,
             kind: st.kind,
             inherited: st.inherited,
+            stored: st.stored,
             rebind: st.rebind,
             fd,
         })
@@ -159,9 +167,16 @@ impl Listener {
             unix_file: None,
             kind,
             inherited: true,
+            stored: false,
             rebind: None,
             fd,
         })
+    }
+
+    /// Whether the service manager holds this socket (a socket unit's, or one handoff put in
+    /// its file-descriptor store): handoff does not close it nor remove its file at exit.
+    pub fn kept_by_manager(&self) -> bool {
+        self.inherited || self.stored
     }
 
     /// Whether this listening socket no longer works: a process holding it called
@@ -489,6 +504,7 @@ pub fn bind_with(
                 unix_file: None,
                 kind: if udp { Kind::Udp } else { Kind::Tcp },
                 inherited: false,
+                stored: false,
                 rebind: addr.map(|addr| Rebind::Inet {
                     addr,
                     v6only,
@@ -509,6 +525,7 @@ pub fn bind_with(
                 unix_file: Some(file),
                 kind: Kind::Unix,
                 inherited: false,
+                stored: false,
                 rebind: Some(Rebind::Unix {
                     path: path.clone(),
                     backlog,

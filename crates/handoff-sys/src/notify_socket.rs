@@ -6,6 +6,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -494,6 +495,34 @@ fn recv_with_room(fd: RawFd, max_fds: usize) -> io::Result<Received> {
         uid,
         payload: buf[..len].to_vec(),
     })
+}
+
+/// Send `payload` with `fds` attached (`SCM_RIGHTS`) to the unix datagram socket `addr`: a
+/// path, or `@name` for an abstract address (as `NOTIFY_SOCKET` gives them). This is how
+/// handoff puts its listeners in its service manager's file-descriptor store (`FDSTORE=1`).
+pub fn send_with_fds(addr: &[u8], payload: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let to = match addr.strip_prefix(b"@") {
+        Some(name) => UnixAddr::new_abstract(name)?,
+        None => UnixAddr::new(std::ffi::OsStr::from_bytes(addr))?,
+    };
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
+    sendmsg(
+        sock.as_raw_fd(),
+        &[std::io::IoSlice::new(payload)],
+        cmsgs,
+        MsgFlags::empty(),
+        Some(&to),
+    )?;
+    Ok(())
 }
 
 /// `sock`, registered with the current tokio runtime's reactor for readability.
