@@ -219,8 +219,11 @@ def main():
         print(json.dumps(res, indent=1))
         with open(args.out, "w") as f:
             f.write("# handoff upgrade benchmark (bench/upgrade_bench.py)\n\n")
-            f.write(f"Command: `python3 bench/upgrade_bench.py --reloads {args.reloads} "
-                    f"--upgrades {args.upgrades}`; {os.cpu_count()} CPUs, load average "
+            version = subprocess.run([first, "--version"], capture_output=True,
+                                     text=True).stdout.strip()
+            f.write(f"Command: `python3 bench/upgrade_bench.py --handoff {args.handoff} "
+                    f"--reloads {args.reloads} --upgrades {args.upgrades}` ({version}); "
+                    f"{os.cpu_count()} CPUs, load average "
                     f"{' '.join(res['loadavg'])} at the end (the machine may be shared).\n\n")
             f.write("| figure | value |\n| --- | --- |\n")
             f.write(f"| requests ok / failed (2 keep-alive + 2 new-connection clients) | "
