@@ -175,13 +175,27 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
-    /// Time a new child has to report READY=1 before it is killed and the reload fails.
+    /// Time a new child has to report READY=1; then it is stopped (its stop signal, then the
+    /// drain timeout: it may have accepted connections already) and the reload fails.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub ready_timeout: Duration,
 
     /// Consider a child ready after this delay, for servers that cannot send READY=1.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub ready_after: Option<Duration>,
+
+    /// Readiness for servers that send no READY=1: `auto` watches a starting generation in
+    /// /proc for tasks waiting to accept on its listeners, and proves edge-triggered servers
+    /// (Go, tokio) with connections of handoff's own; `scan` only watches; `off` neither.
+    /// A server that sends any notify datagram is judged by its READY=1 only. See README,
+    /// "Servers that cannot send READY=1".
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = DetectReady::Auto)]
+    pub detect_ready: DetectReady,
+
+    /// With nothing to follow (the first generation), detection judges a silent server
+    /// ready only once it has waited to accept this long without a notify datagram.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub detect_grace: Duration,
 
     /// What to do when the serving child dies on its own.
     #[arg(long, value_enum, default_value_t = Restart::Always)]
@@ -210,6 +224,21 @@ pub struct RunArgs {
     /// uses the default, this one runs without a path socket and warns]
     #[arg(long, value_name = "PATH", env = "HANDOFF_CONTROL", value_parser = parse_control)]
     pub control: Option<PathBuf>,
+
+    /// A cgroup v2 per generation (as root, or under systemd with Delegate=yes): workers that
+    /// left the process group (setsid, double fork) are still part of their generation,
+    /// stopped and killed with it. Off by default: joining a cgroup costs each new generation
+    /// 5-40 ms on today's kernels (the move waits for an RCU grace period).
+    #[arg(long)]
+    pub cgroups: bool,
+
+    /// Do not set LISTEN_PID in the child's environment. For a server started through a
+    /// wrapper (npm start, sh -c without exec), which would see the wrapper's pid there and
+    /// ignore the sockets, when its socket-activation library accepts a missing LISTEN_PID
+    /// (Rust's listenfd, systemfd's users). libsystemd and go-systemd do not: exec the server
+    /// instead.
+    #[arg(long)]
+    pub no_listen_pid: bool,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (IP:PORT, or :PORT for every
     /// interface). Never a port the child listens on.
@@ -254,6 +283,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
     pub watch_debounce: Duration,
 
+    /// A server that binds a --listen TCP address itself (not using LISTEN_FDS) gets handoff's
+    /// socket instead of EADDRINUSE, in every generation (seccomp; Linux >= 5.9). Without
+    /// CAP_SYS_ADMIN, children run with no_new_privs. See README "Servers that bind their own
+    /// port".
+    #[arg(long, value_enum, default_value_t = Adopt::On)]
+    pub adopt: Adopt,
+
     /// The server to run, with its arguments.
     #[arg(value_name = "COMMAND", required = true, last = true, num_args = 1..)]
     pub command: Vec<OsString>,
@@ -286,6 +322,26 @@ pub enum FdStore {
     Always,
     /// Never.
     Never,
+}
+
+/// `--adopt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Adopt {
+    /// Adopt binds of held TCP addresses (if the kernel allows it; handoff says when not).
+    On,
+    /// No seccomp filter: a server's own bind of a held address gets EADDRINUSE.
+    Off,
+}
+
+/// `--detect-ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DetectReady {
+    /// Watch /proc, and prove edge-triggered servers with connections of handoff's own.
+    Auto,
+    /// Watch /proc only: no connections of handoff's own.
+    Scan,
+    /// No detection: READY=1, --ready-after or --ready-probe only.
+    Off,
 }
 
 /// `--log-format`.

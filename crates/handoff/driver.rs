@@ -21,19 +21,21 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use handoff_core::accepting::{self as acc, ListenerWait, QueueChange, QueueWatch};
 use handoff_core::child_env::{self, Env, ListenerEnv};
 use handoff_core::signal::Signal;
 use handoff_core::supervisor::{
     Action, Event, ExitStatus, GenId, Pid, ReplyTo, RequestId, Supervisor, Target,
 };
+use handoff_sys::accepting::{self, AcceptProbe};
 use handoff_sys::cgroup::{GenCgroup, Generations};
-use handoff_sys::listeners::Listener;
+use handoff_sys::listeners::{Kind, Listener};
 use handoff_sys::notify_socket::{NotifySocket, RuntimeDir};
 use handoff_sys::spawn::{self, Creds};
 use handoff_sys::upgrade::Check;
 use handoff_sys::{kill, reaper};
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::control::{self, Command, Incoming};
 use crate::intake::{Datagram, Intake};
@@ -51,6 +53,8 @@ pub struct ChildSpec {
     pub base_env: Env,
     /// `--user`/`--group`, resolved.
     pub creds: Option<Creds>,
+    /// Set `LISTEN_PID` (not with `--no-listen-pid`).
+    pub listen_pid: bool,
     /// `--stop-signal`: also what a child gets if handoff dies (PR_SET_PDEATHSIG).
     pub stop_signal: Signal,
 }
@@ -77,6 +81,8 @@ pub struct Services {
     /// A cgroup per generation, where handoff may create them; else generations are
     /// process groups (a worker that called setsid() then escapes them).
     pub cgroups: Option<Generations>,
+    /// Bind adoption (`--adopt on`, supported, and a TCP listener to adopt).
+    pub adopt: Option<crate::adopt::Adoption>,
 }
 
 /// Everything the event loop waits for, converted to one type.
@@ -86,6 +92,7 @@ enum Input {
     Control(Incoming),
     FileChanged,
     WatchdogTick,
+    QueueCheck,
     Deadline,
     Scrape(crate::metrics::Scrape),
 }
@@ -141,6 +148,16 @@ pub struct Driver {
     started: Instant,
     /// Set by `Action::Exit`.
     exit: Option<i32>,
+    /// Proof-of-accept connections in flight, by generation and listener index.
+    proofs: HashMap<(GenId, usize), Proof>,
+    /// Each listener's accept queue, watched for connections nobody accepts.
+    queues: Vec<QueueWatch>,
+}
+
+/// A proof-of-accept connection, and how many scans found it accepted by someone else.
+struct Proof {
+    probe: AcceptProbe,
+    elsewhere: u32,
 }
 
 impl Driver {
@@ -175,6 +192,8 @@ impl Driver {
             retiring: Vec::new(),
             started: Instant::now(),
             exit: None,
+            proofs: HashMap::new(),
+            queues: Vec::new(),
         }
     }
 
@@ -246,6 +265,9 @@ impl Driver {
             .and_then(|m| m.watchdog)
             .map(tokio::time::interval);
         // One timer, re-armed only when the state machine's deadline changes.
+        // Accept queues nobody drains (a server that binds elsewhere, or never accepts).
+        let mut queue_check = tokio::time::interval(std::time::Duration::from_secs(1));
+        queue_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
         tokio::pin!(sleep);
         let mut armed: Option<Instant> = None;
@@ -284,6 +306,7 @@ impl Driver {
                 Some(inc) = ctl_rx.recv() => Input::Control(inc),
                 () = async { changed.as_ref().expect("guarded").notified().await }, if changed.is_some() => Input::FileChanged,
                 _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => Input::WatchdogTick,
+                _ = queue_check.tick() => Input::QueueCheck,
                 () = &mut sleep, if armed.is_some() => Input::Deadline,
                 Some(s) = async { scrapes.as_mut().expect("guarded").recv().await }, if scrapes.is_some() => Input::Scrape(s),
             };
@@ -324,6 +347,7 @@ impl Driver {
                     m.watchdog();
                 }
             }
+            Input::QueueCheck => self.check_queues(),
             Input::Deadline => self.handle(Event::Timeout),
             Input::Scrape(reply) => {
                 if let Some(m) = &self.metrics {
@@ -471,9 +495,15 @@ impl Driver {
                     self.remove_empty_cgroups();
                 }
                 self.intake.remove(gen);
+                if let Some(a) = &mut self.services.adopt {
+                    a.retire(gen);
+                }
             }
             Action::CheckListeners { gen } => {
                 let count = self.restore_listeners(gen);
+                if let (Some(a), true) = (&self.services.adopt, count > 0) {
+                    a.listeners_changed(&self.listeners);
+                }
                 self.handle(Event::ListenersRestored { count });
             }
             Action::CloseListeners => {
@@ -485,8 +515,17 @@ impl Driver {
                 // Dropping closes handoff's copy; the draining generations hold theirs. The
                 // service manager keeps its own (socket unit, fd store) for the next start.
                 self.listeners.retain(|l| l.kept_by_manager());
+                if let Some(a) = &self.services.adopt {
+                    a.listeners_changed(&self.listeners);
+                }
             }
             Action::Probe { gen, pid } => self.run_probe(gen, pid),
+            Action::CheckWrapper { gen, pid } => check_wrapper(gen, pid, self.child.listen_pid),
+            Action::Scan { gen, pid, prove } => {
+                let (seen, fd) = self.scan(gen, pid, prove);
+                self.handle(Event::Accepting { gen, seen, fd });
+            }
+            Action::StopProving { gen } => self.proofs.retain(|(g, _), _| *g != gen),
             Action::StopProbe { gen } => {
                 // Not yet reaped (the reaper removes it from `probes`): safe to signal.
                 for (&pid, _) in self.probes.iter().filter(|(_, g)| **g == gen) {
@@ -505,13 +544,26 @@ impl Driver {
                         listeners: &self.listeners,
                         started: self.started,
                         command: &self.child.argv,
+                        queues: &self
+                            .listeners
+                            .iter()
+                            .enumerate()
+                            .map(|(i, l)| {
+                                let stuck = self.queues.get(i).is_some_and(QueueWatch::stuck);
+                                (accepting::accept_queue(l.as_fd()), stuck)
+                            })
+                            .collect::<Vec<_>>(),
                         tracking: if self.services.cgroups.is_some() {
                             "cgroup"
                         } else {
                             "process group"
                         },
                     };
-                    status::json(&self.sup.snapshot(now), &about, now)
+                    let mut v = status::json(&self.sup.snapshot(now), &about, now);
+                    if let Some(a) = &self.services.adopt {
+                        a.annotate(&mut v);
+                    }
+                    v
                 });
                 let tx = if outcome.is_final() {
                     self.requests.remove(&request).map(|(tx, _)| tx)
@@ -728,11 +780,20 @@ impl Driver {
         )
         .map_err(|e| format!("cannot prepare {}: {e}", self.child.program.display()))?
         .with_death_signal(self.child.stop_signal);
+        let plan = if self.child.listen_pid {
+            plan
+        } else {
+            plan.without_listen_pid()
+        };
         let plan = match &cgroup {
             Some(cg) => plan
                 .with_cgroup(cg.procs_fd())
                 .map_err(|e| format!("cannot prepare {}: {e}", self.child.program.display()))?,
             None => plan,
+        };
+        let (plan, adopt) = match &self.services.adopt {
+            Some(a) => a.prepare(gen, plan),
+            None => (plan, None),
         };
         let pid = spawn::spawn(plan).map_err(|e| {
             let program = self.child.program.display();
@@ -747,6 +808,9 @@ impl Driver {
         })?;
         if let Some(cg) = cgroup {
             self.cgroup_of.insert(gen, cg);
+        }
+        if let (Some(a), Some(side)) = (&mut self.services.adopt, adopt) {
+            a.started(gen, pid, side, &self.listeners);
         }
         if let Err(e) = self.intake.add(gen, sock, pid) {
             warn!("cannot watch the notify socket of generation {gen}: {e}");
@@ -829,9 +893,143 @@ impl Driver {
         }
     }
 
+    /// The processes of generation `gen` (main process `pid`): its cgroup, else its tree.
+    fn generation_pids(&self, gen: GenId, pid: Pid) -> Vec<u32> {
+        match self.cgroup_of.get(&gen).and_then(|cg| cg.pids().ok()) {
+            Some(p) if !p.is_empty() => p,
+            _ => accepting::process_tree(pid),
+        }
+    }
+
+    /// The stream listeners (index, inode): the ones a server accepts on.
+    fn stream_listeners(&self) -> Vec<(usize, u64)> {
+        self.listeners
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.kind != Kind::Udp)
+            .filter_map(|(i, l)| Some((i, accepting::inode(l.as_fd()).ok()?)))
+            .collect()
+    }
+
+    /// `Action::Scan`: does `gen` wait to accept on every stream listener? With `prove`,
+    /// listeners waited on only edge-triggered get a proof-of-accept connection.
+    fn scan(&mut self, gen: GenId, pid: Pid, prove: bool) -> (acc::Accepting, Option<u32>) {
+        let pids = self.generation_pids(gen, pid);
+        let stream = self.stream_listeners();
+        let inodes: Vec<u64> = stream.iter().map(|(_, ino)| *ino).collect();
+        let seen = accepting::scan(&pids, &inodes);
+        let mut per = Vec::with_capacity(seen.len());
+        for ((i, _), s) in stream.iter().zip(seen) {
+            let mut wait = s.wait;
+            if prove && wait == ListenerWait::EdgeTriggered && self.listeners[*i].kind == Kind::Tcp
+            {
+                wait = self.prove(gen, *i, &pids);
+            }
+            per.push((wait, s.fd));
+        }
+        acc::aggregate(&per)
+    }
+
+    /// One step of proving listener `i` for `gen`: a connection of handoff's own, which only
+    /// counts when a process of `gen` accepts it. One in flight per listener; one accepted
+    /// by another generation proves nothing and is replaced.
+    fn prove(&mut self, gen: GenId, i: usize, pids: &[u32]) -> ListenerWait {
+        if let Some(p) = self.proofs.get_mut(&(gen, i)) {
+            match p.probe.accepted_inode() {
+                None => return ListenerWait::EdgeTriggered, // still queued
+                Some(ino) if accepting::holds_socket(pids, ino) => {
+                    self.proofs.remove(&(gen, i)); // closed: the server sees EOF
+                    return ListenerWait::Proven;
+                }
+                Some(_) => {
+                    // Accepted elsewhere (or its fd not installed yet: look again first).
+                    p.elsewhere += 1;
+                    if p.elsewhere < 3 {
+                        return ListenerWait::EdgeTriggered;
+                    }
+                    self.proofs.remove(&(gen, i));
+                }
+            }
+        }
+        let Ok(addr) = self.listeners[i].local.parse::<std::net::SocketAddr>() else {
+            return ListenerWait::EdgeTriggered;
+        };
+        match AcceptProbe::connect(addr) {
+            Ok(probe) => {
+                self.proofs.insert(
+                    (gen, i),
+                    Proof {
+                        probe,
+                        elsewhere: 0,
+                    },
+                );
+            }
+            Err(e) => {
+                debug!(event = "proof_error", gen, index = i, error = %e, msg = "cannot connect a proof-of-accept connection", "cannot connect to {addr} to prove generation {gen}: {e}")
+            }
+        }
+        ListenerWait::EdgeTriggered
+    }
+
+    /// Every second: an accept queue that holds connections, does not shrink, and that no
+    /// task of any generation waits on, is stuck; say so once, and once when it moves again.
+    fn check_queues(&mut self) {
+        let n = self.listeners.len();
+        self.queues.resize_with(n, QueueWatch::default);
+        let queued: Vec<Option<u32>> = self
+            .listeners
+            .iter()
+            .map(|l| accepting::accept_queue(l.as_fd()))
+            .collect();
+        if queued.iter().all(|q| q.unwrap_or(0) == 0)
+            && self
+                .queues
+                .iter()
+                .all(|w| !w.stuck() && w.queued().unwrap_or(0) == 0)
+        {
+            for (w, q) in self.queues.iter_mut().zip(&queued) {
+                if q.is_some() {
+                    w.sample(0, false);
+                }
+            }
+            return;
+        }
+        // Who waits to accept, over every live generation.
+        let stream = self.stream_listeners();
+        let inodes: Vec<u64> = stream.iter().map(|(_, ino)| *ino).collect();
+        let mut pids = Vec::new();
+        for g in self.sup.snapshot(Instant::now()).generations {
+            if let Some(pid) = g.phase.pid() {
+                pids.extend(self.generation_pids(g.gen, pid));
+            }
+        }
+        let seen = accepting::scan(&pids, &inodes);
+        for (i, q) in queued.iter().enumerate() {
+            let Some(q) = *q else { continue };
+            let waits = stream
+                .iter()
+                .zip(&seen)
+                .any(|((j, _), s)| *j == i && s.wait != ListenerWait::None);
+            let l = &self.listeners[i];
+            match self.queues[i].sample(q, waits) {
+                Some(QueueChange::Stuck { queued }) => {
+                    warn!(event = "accept_queue_stuck", index = i, addr = %l.local, accept_queue = queued,
+                        msg = "connections wait in the accept queue and no generation accepts them",
+                        "{queued} connection(s) wait in the accept queue of {} and no generation accepts them: does the server take fd {} (LISTEN_FDS), or bind a port of its own?", l.local, 3 + i)
+                }
+                Some(QueueChange::Unstuck { queued }) => {
+                    info!(event = "accept_queue_moving", index = i, addr = %l.local, accept_queue = queued,
+                        msg = "the accept queue moves again", "the accept queue of {} moves again", l.local)
+                }
+                None => {}
+            }
+        }
+    }
+
     /// Remove what handoff created and make sure no process of ours outlives us.
     fn cleanup(&mut self, code: i32) {
         self.intake.clear();
+        self.services.adopt = None;
         self.services.pid_file = None;
         self.services.control.file = None;
         for l in self.listeners.iter().filter(|l| !l.kept_by_manager()) {
@@ -886,5 +1084,29 @@ fn restore_in_store(manager: Option<&SdNotify>, l: &Listener) {
     {
         warn!(event = "fd_store_error", name = %l.name, error = %e, msg = "cannot put the listener in the service manager's fd store",
             "cannot put listener {} in the service manager's fd store: {e}", l.name);
+    }
+}
+
+/// A generation still not ready: is its main process a wrapper (`npm start`, `sh -c` without
+/// `exec`) whose child received the sockets with the *wrapper's* `LISTEN_PID`? Socket-
+/// activation libraries then ignore the sockets, and the server binds its own port or never
+/// gets ready. Say what to do (once per generation: the state machine asks once).
+fn check_wrapper(gen: GenId, pid: Pid, listen_pid: bool) {
+    use handoff_sys::procfs;
+    if !listen_pid {
+        return;
+    }
+    let leader = pid.to_string();
+    for d in procfs::descendants(pid) {
+        let sees_wrapper = procfs::environ_var(d, "LISTEN_PID").as_deref() == Some(leader.as_str())
+            && procfs::environ_var(d, "LISTEN_FDS").is_some();
+        if sees_wrapper {
+            let wrapper = procfs::comm(pid).unwrap_or_default();
+            let child = procfs::comm(d).unwrap_or_default();
+            warn!(event = "wrapper_listen_pid", gen, pid, wrapper = %wrapper, child_pid = d, child = %child,
+                msg = "the main process is a wrapper: its child sees the wrapper's LISTEN_PID and ignores the sockets",
+                "generation {gen} is not ready: its main process {pid} ({wrapper}) is a wrapper, and its child {d} ({child}) has LISTEN_PID={pid}, not its own pid, so a socket-activation library there ignores the sockets. Make the wrapper exec the server (sh -c 'exec ...', or run the server directly instead of through npm/cargo), or pass --no-listen-pid if its library accepts a missing LISTEN_PID");
+            return;
+        }
     }
 }

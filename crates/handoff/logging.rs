@@ -569,6 +569,36 @@ pub fn report(r: &Report) {
                     "stopping ({signal}): draining every generation");
             }
         }
+        Report::ReadyDetected {
+            gen,
+            pid,
+            fd,
+            proven,
+        } => {
+            if *proven {
+                info!(event = "ready_detected", gen, pid, fd, proven = true,
+                    msg = "generation ready without READY=1: it accepted a connection of handoff's own",
+                    "generation {gen} (pid {pid}) is ready without READY=1: it accepted handoff's proof-of-accept connection{}",
+                    fd.map(|f| format!(" on fd {f}")).unwrap_or_default())
+            } else {
+                info!(event = "ready_detected", gen, pid, fd, proven = false,
+                    msg = "generation ready without READY=1: a task waits to accept on every listener",
+                    "generation {gen} (pid {pid}) is ready without READY=1: a task of it waits to accept on every listener{}",
+                    fd.map(|f| format!(" (fd {f})")).unwrap_or_default())
+            }
+        }
+        Report::Proving { gen, pid, fd } => info!(event = "proving_accept", gen, pid, fd,
+            msg = "generation waits on its listeners only through edge-triggered epoll: proving it accepts with connections of handoff's own",
+            "generation {gen} (pid {pid}) waits on its listeners only through edge-triggered epoll (Go, tokio), which /proc cannot tell from serving: proving it accepts with connections of handoff's own (the server sees them close without a request); --detect-ready scan turns this off"),
+        Report::ReadyWithoutNotify {
+            gen,
+            pid,
+            fd,
+            waited,
+        } => warn!(event = "ready_without_notify", gen, pid, fd, waited_ms = ms(*waited),
+            msg = "accepting but no READY=1: treated as ready so that it is not killed while it serves",
+            "generation {gen} (pid {pid}) accepting on fd {fd} but no READY=1 within {:.1}s: treated as ready so that it is not killed while it serves; send READY=1, or pass --ready-after",
+            waited.as_secs_f64()),
         Report::Unkillable { gen, pid } => error!(
             event = "unkillable",
             gen,

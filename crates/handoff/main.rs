@@ -1,5 +1,6 @@
 //! handoff: bind once, hand the sockets to any server, reload with zero failed requests.
 
+mod adopt;
 mod cli;
 mod control;
 mod driver;
@@ -26,7 +27,7 @@ use handoff_sys::notify_socket::RuntimeDir;
 use handoff_sys::procfs;
 use handoff_sys::spawn::{resolve_creds, resolve_program, Creds};
 
-use crate::cli::{Cli, Restart, RunArgs, Sub, TargetArgs};
+use crate::cli::{Adopt, Cli, Restart, RunArgs, Sub, TargetArgs};
 use crate::driver::{ChildSpec, Driver, Services};
 use crate::errors::Error;
 
@@ -540,6 +541,11 @@ fn run(
         probe_interval: cli.ready_probe.as_ref().map(|_| cli.ready_probe_interval),
         watch_debounce: cli.watch_debounce,
         reload_signal: cli.reload_signal,
+        wrapper_check_after: Some(Duration::from_secs(1)),
+        detect_interval: (cli.detect_ready != crate::cli::DetectReady::Off)
+            .then_some(Duration::from_millis(20)),
+        detect_grace: cli.detect_grace,
+        detect_prove: cli.detect_ready == crate::cli::DetectReady::Auto,
         ..Policy::default()
     };
     if let Some(m) = cli.metrics {
@@ -562,6 +568,7 @@ fn run(
         argv: cli.command.clone(),
         base_env,
         creds: creds.clone(),
+        listen_pid: !cli.no_listen_pid,
         stop_signal: cli.stop_signal,
     };
     let manager = sdnotify::SdNotify::from_env();
@@ -586,7 +593,11 @@ fn run(
                 .await);
         }
         // Before binding: a generation a killed handoff left in its cgroup still holds the port.
-        let cgroups = handoff_sys::cgroup::Generations::setup();
+        let cgroups = if cli.cgroups {
+            Some(handoff_sys::cgroup::Generations::setup())
+        } else {
+            None
+        };
         let listeners = setup_listeners(&cli, inherited, backlog, cli.socket_mode, socket_owner)
             .map_err(Error::Start)?;
         // From here on, `listeners` removes its socket files if we return early.
@@ -616,11 +627,14 @@ fn run(
         };
         let mut listeners = guard.into_inner();
         store_listeners(&mut listeners, manager.as_ref(), cli.fd_store);
+        let adopt = setup_adopt(cli.adopt, &listeners);
         for (i, l) in listeners.iter().enumerate() {
+            let adoptable = adopt.is_some() && l.kind == listeners::Kind::Tcp;
             tracing::info!(event = "listening", index = i, fd = 3 + i, name = %l.name, addr = %l.local,
-                kind = l.kind.as_str(), inherited = l.inherited, msg = "listening",
-                "listening on {} (fd {} in the child, name {}{})", l.local, 3 + i, l.name,
-                if l.inherited { ", from the service manager" } else { "" });
+                kind = l.kind.as_str(), inherited = l.inherited, adopt = adoptable, msg = "listening",
+                "listening on {} (fd {} in the child, name {}{}{})", l.local, 3 + i, l.name,
+                if l.inherited { ", from the service manager" } else { "" },
+                if adoptable { ", also given to a child that binds it itself" } else { "" });
         }
         // Said once start-up has succeeded: a failed start keeps to its one error line.
         for p in dir.stale_removed() {
@@ -628,15 +642,16 @@ fn run(
                 "removed {}, left by a handoff that is no longer running", p.display());
         }
         let cgroups = match cgroups {
-            Ok(g) => {
+            None => None,
+            Some(Ok(g)) => {
                 for c in g.cleaned() {
                     tracing::warn!(event = "stale_cgroup", cgroup = %c.cgroup, killed = c.killed.len(), msg = "killed what a previous handoff left in its cgroup",
                         "killed {} process(es) a previous handoff left in cgroup {}", c.killed.len(), c.cgroup);
                 }
                 Some(g)
             }
-            Err(why) => {
-                tracing::info!(event = "no_cgroups", reason = %why, msg = "no cgroups: a generation is tracked by its process group", "{why}; a generation is tracked by its process group");
+            Some(Err(why)) => {
+                tracing::warn!(event = "no_cgroups", reason = %why, msg = "no cgroups: a generation is tracked by its process group", "{why}; a generation is tracked by its process group");
                 None
             }
         };
@@ -649,6 +664,7 @@ fn run(
             probe: cli.ready_probe.clone(),
             metrics,
             cgroups,
+            adopt,
         };
         Ok(Driver::new(sup, listeners, child, dir, services)
             .run(signals)
@@ -755,6 +771,7 @@ fn resume(
         tracing::warn!(event = "watch_error", error = %e, msg = "cannot watch after the upgrade", "{e}");
         None
     });
+    let adopt = setup_adopt(cli.adopt, &listeners);
     let sup = Supervisor::import(policy, st.supervisor, then);
     let counters = metrics.as_ref().map(|m| m.2.clone());
     let services = Services {
@@ -765,6 +782,7 @@ fn resume(
         probe: cli.ready_probe.clone(),
         metrics: metrics.map(|(m, l, _)| (m, l)),
         cgroups,
+        adopt,
     };
     let resumed = driver::Resumed {
         from: st.written_by,
@@ -824,6 +842,30 @@ fn store_listeners(
     if !stored.is_empty() {
         tracing::info!(event = "fd_stored", names = %stored.join(","), msg = "listeners put in the service manager's fd store",
             "listeners {} put in the service manager's fd store: they outlive a restart of handoff", stored.join(", "));
+    }
+}
+
+/// Bind adoption, if asked for, useful (a TCP listener) and possible; says why not, once.
+fn setup_adopt(mode: Adopt, listeners: &[Listener]) -> Option<adopt::Adoption> {
+    if mode == Adopt::Off {
+        return None;
+    }
+    let a = adopt::Adoption::new(listeners)?;
+    match handoff_sys::adopt::probe() {
+        Ok(s) => {
+            if s.needs_nnp {
+                tracing::info!(event = "adopt_no_new_privs",
+                    msg = "children run with no_new_privs: setuid programs they start gain no privileges",
+                    "bind adoption: handoff lacks CAP_SYS_ADMIN, so children run with no_new_privs: setuid programs they start (sudo, su, ping) do not gain privileges; --adopt off if they must");
+            }
+            Some(a)
+        }
+        Err(why) => {
+            tracing::warn!(event = "adopt_unavailable", error = %why,
+                msg = "bind adoption is unavailable; LISTEN_FDS servers work as usual",
+                "bind adoption is unavailable: {why}; servers that take LISTEN_FDS work as usual, a server that binds a --listen address itself will get EADDRINUSE");
+            None
+        }
     }
 }
 

@@ -95,6 +95,9 @@ pub fn reply_line(outcome: &Outcome, status: impl FnOnce() -> Value) -> String {
 /// What `status` says of handoff itself, besides the state machine.
 pub struct About<'a> {
     pub listeners: &'a [Listener],
+    /// Per listener: its accept queue (TCP only) and whether it is stuck (connections wait
+    /// and no generation accepts them).
+    pub queues: &'a [(Option<u32>, bool)],
     pub started: Instant,
     /// The child's command line.
     pub command: &'a [std::ffi::OsString],
@@ -131,6 +134,8 @@ pub fn json(snap: &Snapshot, about: &About, now: Instant) -> Value {
                 "state": g.phase.name(),
                 "age_s": tenths(g.age),
                 "time_to_ready_ms": g.time_to_ready.map(ms),
+                "ready_by": g.ready_by.map(|r| r.as_str()),
+                "accepting_fd": g.accepting_fd,
             })
         })
         .collect();
@@ -138,10 +143,13 @@ pub fn json(snap: &Snapshot, about: &About, now: Instant) -> Value {
         .iter()
         .enumerate()
         .map(|(i, l)| {
+            let (accept_queue, stuck) = about.queues.get(i).copied().unwrap_or((None, false));
             json!({
                 "fd": 3 + i, "name": l.name, "addr": l.local, "kind": l.kind.as_str(),
                 // Its socket file was deleted: unreachable by path until the next reload.
                 "file_missing": l.file_missing(),
+                "accept_queue": accept_queue,
+                "stuck": stuck,
             })
         })
         .collect();
@@ -192,6 +200,12 @@ pub fn strip_clock(v: &mut Value) {
         for k in ["last_reload", "last_failure"] {
             if let Some(x) = o.get_mut(k).and_then(Value::as_object_mut) {
                 x.remove("ago_s");
+            }
+        }
+        // The queue length moves with the load; `stuck` stays.
+        if let Some(ls) = o.get_mut("listeners").and_then(Value::as_array_mut) {
+            for l in ls.iter_mut().filter_map(Value::as_object_mut) {
+                l.remove("accept_queue");
             }
         }
         if let Some(gens) = o.get_mut("generations").and_then(Value::as_array_mut) {
@@ -279,9 +293,20 @@ pub fn text(v: &Value) -> String {
             .as_f64()
             .map(|m| format!(", ready in {m} ms"))
             .unwrap_or_default();
+        let adopted: Vec<String> = g["adopted"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| format!("fd {} {}", a["fd"], a["addr"].as_str().unwrap_or("?")))
+            .collect();
+        let adopted = if adopted.is_empty() {
+            String::new()
+        } else {
+            format!(", adopted its bind: {}", adopted.join(", "))
+        };
         let _ = writeln!(
             out,
-            "  {:>4}  pid {:<8} {:<9} age {}s{ready}",
+            "  {:>4}  pid {:<8} {:<9} age {}s{ready}{adopted}",
             g["gen"],
             g["pid"],
             g["state"].as_str().unwrap_or("?"),

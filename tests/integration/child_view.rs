@@ -159,3 +159,43 @@ fn strict_child_accepts_the_sockets() {
         Some(v["pid"].to_string())
     );
 }
+
+#[test]
+fn a_wrapper_hiding_the_sockets_is_named_in_the_log() {
+    // `sh -c` without exec: its child gets LISTEN_PID of the shell, and a socket-activation
+    // library there ignores the sockets. Here the child simply waits, never ready.
+    let h = handoff()
+        .args(["--listen", "127.0.0.1:0", "--", "sh", "-c"])
+        .arg("python3 -c 'import time; time.sleep(60)'; exit $?")
+        .start();
+    let w = h.wait("wrapper_listen_pid", &[("gen", 1.into())]);
+    assert_eq!(w["wrapper"], "sh", "{w}");
+    assert_eq!(w["child"], "python3", "{w}");
+    assert!(
+        w["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--no-listen-pid")),
+        "{w}"
+    );
+}
+
+#[test]
+fn no_listen_pid_leaves_it_out_and_keeps_the_rest() {
+    let h = handoff()
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--no-listen-pid",
+            "--ready-after",
+            "10ms",
+        ])
+        .args(["--", "sleep", "60"])
+        .start();
+    let pid = h.gen_pid(1);
+    wait_until("the child has exec'd", WAIT, || {
+        environ(pid).contains_key("LISTEN_FDS")
+    });
+    let env = environ(pid);
+    assert_eq!(env.get("LISTEN_FDS").map(String::as_str), Some("1"));
+    assert!(!env.contains_key("LISTEN_PID"), "{env:?}");
+}

@@ -119,7 +119,12 @@ fn five_hundred_reloads_leave_fd_count_and_rss_flat() {
 
 #[test]
 fn ready_from_an_unrelated_process_is_ignored() {
-    let h = with_fixture(&["--ready-timeout", "3s"], &["--never-ready"]);
+    // Detection off: the child accepts, and would otherwise be made ready by the fallback
+    // at its ready timeout (unmodified.rs); here only READY=1 may count.
+    let h = with_fixture(
+        &["--ready-timeout", "3s", "--detect-ready", "off"],
+        &["--never-ready"],
+    );
     let pid = h.gen_pid(1);
     // Until exec, /proc/PID/environ is still handoff's own (without NOTIFY_SOCKET).
     wait_until("the child to have exec'd", WAIT, || {

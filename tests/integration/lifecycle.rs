@@ -66,9 +66,17 @@ fn stop_force_kills_at_once_and_exits_3() {
 
 #[test]
 fn restart_never_ends_handoff_when_the_child_is_never_ready() {
-    // It used to restart a child that missed its ready deadline forever.
+    // It used to restart a child that missed its ready deadline forever. Detection off: this
+    // child accepts, and would otherwise be treated as ready at its ready timeout.
     let mut h = with_fixture(
-        &["--restart", "never", "--ready-timeout", "500ms"],
+        &[
+            "--restart",
+            "never",
+            "--ready-timeout",
+            "500ms",
+            "--detect-ready",
+            "off",
+        ],
         &["--never-ready"],
     );
     h.wait("failed", &[("gen", 1.into())]);
@@ -236,6 +244,8 @@ fn children_get_the_stop_signal_when_handoff_is_killed() {
 #[test]
 fn a_child_shutting_down_the_shared_listener_is_detected_and_repaired() {
     // See odoo#107539: shutdown() on an inherited listening socket stops it for everyone.
+    // With bind adoption (the default) the shutdown() is not even done (adopt.rs tests it);
+    // without it, handoff repairs the damage.
     let b = handoff();
     let args = b.dir().join("child.args");
     std::fs::write(&args, "--shutdown-listener").expect("write");
@@ -243,6 +253,8 @@ fn a_child_shutting_down_the_shared_listener_is_detected_and_repaired() {
         .args([
             "--listen",
             "127.0.0.1:0",
+            "--adopt",
+            "off",
             "--",
             "python3",
             &fixture(),
@@ -325,7 +337,14 @@ fn workers_that_left_the_process_group_go_with_their_generation() {
     let b = handoff();
     let pids = b.dir().join("pids");
     let h = b
-        .args(["--listen", "127.0.0.1:0", "--", "python3", &fixture()])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cgroups",
+            "--",
+            "python3",
+            &fixture(),
+        ])
         .args([
             "--workers",
             "2",

@@ -14,9 +14,11 @@
 //!   probes, watch, PID 1, Server::Starter.
 //! - `examples`: every example server in examples/ under handoff, reloaded under load.
 //! - `upgrade`: `handoff upgrade` under load; bad binaries refused before the exec.
+//! - `adopt`: servers that bind their own port (Go, Node, Python) get handoff's socket.
 
 mod util;
 
+mod adopt;
 mod child_view;
 mod cli_errors;
 mod control_socket;
@@ -27,5 +29,6 @@ mod listeners;
 mod logs;
 mod operations;
 mod reload;
+mod unmodified;
 mod upgrade;
 mod zero_drop;

@@ -6,6 +6,8 @@
 //! n+1 fails (exits, or misses its ready deadline) it is killed and n keeps serving. The
 //! [`supervisor::Supervisor`] makes every one of these decisions from events; the binary
 //! performs them.
+pub mod accepting;
+pub mod adopt;
 pub mod child_env;
 pub mod listen;
 pub mod notify;

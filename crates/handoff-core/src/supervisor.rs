@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::accepting::Accepting;
 use crate::notify::NotifyMessage;
 use crate::signal::Signal;
 
@@ -129,6 +130,20 @@ pub struct Policy {
     /// `handoff upgrade`: how long the candidate binary has to answer its check
     /// (`handoff check-upgrade`) before the upgrade is given up.
     pub upgrade_check_timeout: Duration,
+    /// A generation still starting after this long is checked for a wrapper (`npm start`,
+    /// `sh -c` without `exec`) whose child sees the wrapper's `LISTEN_PID`: a hint for the log.
+    pub wrapper_check_after: Option<Duration>,
+    /// Readiness without READY=1 (`--detect-ready`): scan a starting generation's process
+    /// tree at this interval for tasks waiting to accept on its listeners. `None`: off.
+    pub detect_interval: Option<Duration>,
+    /// A generation with nothing to follow (the first, or after one made ready by the
+    /// fallback) is ready by detection only once its accept-wait has held this long without
+    /// a single notify datagram from it (`--detect-grace`): a notifier whose runtime waits
+    /// on the listener early must not be judged ready before its READY=1.
+    pub detect_grace: Duration,
+    /// Prove edge-triggered servers (Go, tokio: their /proc view cannot be trusted) ready with
+    /// connections of handoff's own that they must accept (`--detect-ready auto`).
+    pub detect_prove: bool,
 }
 
 impl Default for Policy {
@@ -148,6 +163,10 @@ impl Default for Policy {
             reload_signal: None,
             reload_ack_window: Duration::from_millis(500),
             upgrade_check_timeout: Duration::from_secs(10),
+            wrapper_check_after: None,
+            detect_interval: None,
+            detect_grace: Duration::from_secs(5),
+            detect_prove: false,
         }
     }
 }
@@ -196,6 +215,13 @@ pub enum Event {
     ProbeResult { gen: GenId, ok: bool },
     /// A watched file changed (`--watch`); reloads after the debounce delay.
     FileChanged,
+    /// The answer to [`Action::Scan`]: whether `gen` waits to accept on every stream
+    /// listener, and the first fd some task of it waits on.
+    Accepting {
+        gen: GenId,
+        seen: Accepting,
+        fd: Option<u32>,
+    },
     /// The answer to [`Action::CheckListeners`]: how many listeners the shell found broken
     /// (a child called `shutdown()` on them) and re-created.
     ListenersRestored { count: usize },
@@ -248,6 +274,16 @@ pub enum Action {
     /// The probe of `gen` still running is no longer needed: kill it (its result will be
     /// ignored).
     StopProbe { gen: GenId },
+    /// `gen` (main process `pid`) is still starting after `--ready-timeout`'s first second:
+    /// look for a wrapper whose child ignores the sockets, and say so (a diagnostic only).
+    CheckWrapper { gen: GenId, pid: Pid },
+    /// Scan `gen`'s process tree (main process `pid`) for tasks waiting to accept, and
+    /// answer with [`Event::Accepting`]. With `prove`, listeners only waited on through
+    /// edge-triggered epoll are proven with a connection of handoff's own, which this
+    /// generation must accept.
+    Scan { gen: GenId, pid: Pid, prove: bool },
+    /// `gen` no longer needs proving: close handoff's proof-of-accept connections to it.
+    StopProving { gen: GenId },
     /// handoff is stopping and no generation will accept any more: close handoff's own copy
     /// of the listeners it bound (and remove their socket files), so that new connections
     /// are refused as soon as the draining generations close theirs, instead of waiting in a
@@ -377,6 +413,11 @@ pub enum FailReason {
     Shutdown,
     /// A reload in place: `RELOADING=1` came, but not `READY=1` within the ready timeout.
     ReloadNotFinished(Duration),
+    /// Seen accepting on `fd` (by the accept-wait scan) but no READY=1 within the ready
+    /// timeout, while another generation serves.
+    AcceptingWithoutReady { fd: u32, waited: Duration },
+    /// Not ready within the ready timeout, and never seen waiting to accept on any listener.
+    NeverAccepting(Duration),
 }
 
 impl fmt::Display for FailReason {
@@ -391,6 +432,16 @@ impl fmt::Display for FailReason {
             Self::ReloadNotFinished(d) => write!(
                 f,
                 "reported RELOADING=1 but not READY=1 within {:.1}s (ready timeout)",
+                d.as_secs_f64()
+            ),
+            Self::AcceptingWithoutReady { fd, waited } => write!(
+                f,
+                "not ready after {:.1}s (ready timeout): accepting on fd {fd} but no READY=1: send READY=1, or pass --ready-after",
+                waited.as_secs_f64()
+            ),
+            Self::NeverAccepting(d) => write!(
+                f,
+                "not ready after {:.1}s (ready timeout), and never seen accepting on its listeners: does it take the sockets handoff passes (fd 3.., LISTEN_FDS), or bind a port of its own?",
                 d.as_secs_f64()
             ),
         }
@@ -415,6 +466,36 @@ impl StartReason {
             Self::Initial => "initial",
             Self::Reload => "reload",
             Self::Restart => "restart",
+        }
+    }
+}
+
+/// How a generation became ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadyBy {
+    /// It sent READY=1.
+    Notify,
+    /// `--ready-after` elapsed.
+    ReadyAfter,
+    /// `--ready-probe` succeeded.
+    Probe,
+    /// Detection: a task of it waits to accept on every listener, or it accepted handoff's
+    /// proof-of-accept connection.
+    Detected,
+    /// The ready timeout passed while it was seen accepting and nothing else served: ready,
+    /// with a warning, rather than killed while it serves.
+    Fallback,
+}
+
+impl ReadyBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Notify => "notify",
+            Self::ReadyAfter => "ready-after",
+            Self::Probe => "probe",
+            Self::Detected => "detected",
+            Self::Fallback => "fallback",
         }
     }
 }
@@ -505,6 +586,29 @@ pub enum Report {
         to: String,
         count: u64,
     },
+    /// `gen` was judged ready without READY=1: a task waits to accept on every listener
+    /// (`fd` the first), or it accepted a proof-of-accept connection (`proven`).
+    ReadyDetected {
+        gen: GenId,
+        pid: Pid,
+        fd: Option<u32>,
+        proven: bool,
+    },
+    /// `gen` waits on its listeners only through edge-triggered epoll entries: handoff
+    /// starts proving it with connections of its own.
+    Proving {
+        gen: GenId,
+        pid: Pid,
+        fd: Option<u32>,
+    },
+    /// The ready timeout passed while `gen` was seen accepting on `fd` with no READY=1, and
+    /// nothing else serves: treated as ready so that it is not killed while it serves.
+    ReadyWithoutNotify {
+        gen: GenId,
+        pid: Pid,
+        fd: u32,
+        waited: Duration,
+    },
 }
 
 /// The lifecycle of one generation. Each phase carries what is known in it.
@@ -579,6 +683,10 @@ pub struct GenerationStatus {
     pub time_to_ready: Option<Duration>,
     /// The generation's next deadline (ready timeout, drain timeout, ...).
     pub deadline: Option<Instant>,
+    /// How it became ready, once it has.
+    pub ready_by: Option<ReadyBy>,
+    /// The fd a task of it was last seen waiting to accept on (detection only).
+    pub accepting_fd: Option<u32>,
 }
 
 /// A generation that ended without being asked to: it failed to start, or died serving.
@@ -635,6 +743,27 @@ struct Generation {
     waiters: Vec<RequestId>,
     /// A `--ready-probe` process is running for it.
     probe_running: bool,
+    /// Some notify datagram came from it (any, not only READY=1): it is a notifier.
+    notified: bool,
+    /// Detection: when a scan first saw it waiting to accept on every listener.
+    seen_since: Option<Instant>,
+    /// Detection: the fd it was last seen waiting to accept on.
+    seen_fd: Option<u32>,
+    /// Detection: its scans prove edge-triggered listeners with connections of handoff's.
+    prove: bool,
+    /// How it became ready.
+    ready_by: Option<ReadyBy>,
+}
+
+/// How detection may judge a starting generation (see [`Supervisor::judge`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Judge {
+    /// Not at all: detection is off, an explicit rule applies, or it is a notifier.
+    Off,
+    /// Once its accept-wait has held for the grace period.
+    AfterGrace,
+    /// At the first scan that sees it accepting.
+    AtOnce,
 }
 
 /// A reload requested while another generation was starting: it starts afterwards.
@@ -702,6 +831,9 @@ pub struct Supervisor {
     upgrade: Option<UpgradeState>,
     upgrades: u64,
     last_upgrade: Option<Instant>,
+    /// How the latest generation to become ready did: the next one follows it (READY=1 →
+    /// only READY=1 counts; detection → detection counts at once).
+    last_ready_by: Option<ReadyBy>,
 }
 
 impl Supervisor {
@@ -730,6 +862,7 @@ impl Supervisor {
             upgrade: None,
             upgrades: 0,
             last_upgrade: None,
+            last_ready_by: None,
         };
         sup.start_generation(StartReason::Initial, now, None, Vec::new());
         sup
@@ -769,6 +902,7 @@ impl Supervisor {
             Event::Exited { pid, status } => self.on_exited(pid, status, now),
             Event::Timeout => self.on_timeout(now),
             Event::ProbeResult { gen, ok } => self.on_probe_result(gen, ok, now),
+            Event::Accepting { gen, seen, fd } => self.on_accepting(gen, seen, fd, now),
             Event::FileChanged => {
                 if self.shutdown.is_none() {
                     // Trailing debounce: a burst of writes gives one reload, after it ends.
@@ -851,6 +985,8 @@ impl Supervisor {
                     .ready_at()
                     .map(|r| r.saturating_duration_since(g.started_at)),
                 deadline: self.timers.next_of(g.id),
+                ready_by: g.ready_by,
+                accepting_fd: g.seen_fd,
             })
             .collect();
         Snapshot {
@@ -1186,9 +1322,11 @@ impl Supervisor {
         let Some(pid) = self.gens[i].phase.pid() else {
             return;
         };
+        // Any datagram makes it a notifier: detection waits for its READY=1.
+        self.gens[i].notified = true;
         // READY=1 first: the hand-over (stop signals) must not wait behind log lines.
         if msg.ready && matches!(self.gens[i].phase, Phase::Starting { .. }) {
-            self.become_ready(i, now);
+            self.become_ready(i, ReadyBy::Notify, now);
         }
         // systemd's notify-reload protocol, during a reload in place.
         if let Some(ip) = self.in_place.as_mut().filter(|ip| ip.gen == gen) {
@@ -1287,9 +1425,61 @@ impl Supervisor {
             return;
         }
         if ok {
-            self.become_ready(i, now);
+            self.become_ready(i, ReadyBy::Probe, now);
         } else if let Some(every) = self.policy.probe_interval {
             self.timers.set(Timer::Probe(gen), now + every);
+        }
+    }
+
+    /// How detection may judge the starting generation `g`.
+    fn judge(&self, g: &Generation) -> Judge {
+        let p = &self.policy;
+        // Explicit choices win; a notifier is judged by its READY=1 only.
+        if p.detect_interval.is_none()
+            || p.ready_after.is_some()
+            || p.probe_interval.is_some()
+            || g.notified
+        {
+            return Judge::Off;
+        }
+        match self.last_ready_by {
+            Some(ReadyBy::Notify) => Judge::Off,
+            Some(ReadyBy::Detected) => Judge::AtOnce,
+            _ => Judge::AfterGrace,
+        }
+    }
+
+    fn on_accepting(&mut self, gen: GenId, seen: Accepting, fd: Option<u32>, now: Instant) {
+        let Some(i) = self.find(gen) else { return };
+        let Phase::Starting { pid } = self.gens[i].phase else {
+            return;
+        };
+        if fd.is_some() {
+            self.gens[i].seen_fd = fd;
+        }
+        let judge = self.judge(&self.gens[i]);
+        if judge == Judge::Off || seen == Accepting::No {
+            return;
+        }
+        let since = *self.gens[i].seen_since.get_or_insert(now);
+        if judge == Judge::AfterGrace && now < since + self.policy.detect_grace {
+            return;
+        }
+        match seen {
+            Accepting::Yes | Accepting::Proven => {
+                self.become_ready(i, ReadyBy::Detected, now);
+                self.report(Report::ReadyDetected {
+                    gen,
+                    pid,
+                    fd,
+                    proven: seen == Accepting::Proven,
+                });
+            }
+            Accepting::EdgeTriggered if self.policy.detect_prove && !self.gens[i].prove => {
+                self.gens[i].prove = true;
+                self.report(Report::Proving { gen, pid, fd });
+            }
+            Accepting::EdgeTriggered | Accepting::No => {}
         }
     }
 
@@ -1333,12 +1523,41 @@ impl Supervisor {
                     self.actions.push_back(Action::Probe { gen, pid });
                 }
                 (Timer::ReadyAfter(_), Some(i), Some(Phase::Starting { .. })) => {
-                    self.become_ready(i, now);
+                    self.become_ready(i, ReadyBy::ReadyAfter, now);
                 }
-                (Timer::ReadyDeadline(_), Some(i), Some(Phase::Starting { .. })) => {
+                (Timer::Scan(gen), Some(i), Some(Phase::Starting { pid })) => {
+                    let prove = self.gens[i].prove;
+                    self.actions.push_back(Action::Scan { gen, pid, prove });
+                    if let Some(every) = self.policy.detect_interval {
+                        self.timers.set(Timer::Scan(gen), now + every);
+                    }
+                }
+                (Timer::WrapperCheck(gen), Some(_), Some(Phase::Starting { pid })) => {
+                    self.actions.push_back(Action::CheckWrapper { gen, pid });
+                }
+                (Timer::ReadyDeadline(gen), Some(i), Some(Phase::Starting { pid })) => {
                     let g = self.gens[i].clone();
                     let waited = now.saturating_duration_since(g.started_at);
-                    self.fail_start(&g, FailReason::ReadyTimeout(waited), now);
+                    let reason = match (g.seen_fd, self.serving()) {
+                        (Some(fd), None) => {
+                            // It serves and nothing else does: killing it would only start
+                            // the same thing again. Ready, with a warning that says why.
+                            self.become_ready(i, ReadyBy::Fallback, now);
+                            self.report(Report::ReadyWithoutNotify {
+                                gen,
+                                pid,
+                                fd,
+                                waited,
+                            });
+                            continue;
+                        }
+                        (Some(fd), Some(_)) => FailReason::AcceptingWithoutReady { fd, waited },
+                        (None, _) if self.policy.detect_interval.is_some() => {
+                            FailReason::NeverAccepting(waited)
+                        }
+                        (None, _) => FailReason::ReadyTimeout(waited),
+                    };
+                    self.fail_start(&g, reason, now);
                     // Gracefully, as systemd does: it may already have accepted connections
                     // from the shared socket, which SIGKILL would fail. The drain timeout
                     // still bounds it. What follows is decided when the reaper reports it.
@@ -1382,14 +1601,21 @@ impl Supervisor {
             requested_at,
             waiters,
             probe_running: false,
+            notified: false,
+            seen_since: None,
+            seen_fd: None,
+            prove: false,
+            ready_by: None,
         });
         self.actions.push_back(Action::Spawn { gen: id });
     }
 
-    fn become_ready(&mut self, i: usize, now: Instant) {
+    fn become_ready(&mut self, i: usize, by: ReadyBy, now: Instant) {
         let Phase::Starting { pid } = self.gens[i].phase else {
             return;
         };
+        self.gens[i].ready_by = Some(by);
+        self.last_ready_by = Some(by);
         let gen = self.gens[i].id;
         let after = now.saturating_duration_since(self.gens[i].started_at);
         self.ever_ready = true;
@@ -1642,6 +1868,12 @@ impl Supervisor {
                     // First probe at once: a fast child should not wait a whole interval.
                     self.timers.set(Timer::Probe(gen), now);
                 }
+                if let Some(d) = p.wrapper_check_after {
+                    self.timers.set(Timer::WrapperCheck(gen), now + d);
+                }
+                if let Some(d) = p.detect_interval {
+                    self.timers.set(Timer::Scan(gen), now + d);
+                }
             }
             Phase::Draining { .. } => {
                 self.timers
@@ -1656,6 +1888,11 @@ impl Supervisor {
     fn stop_probe(&mut self, i: usize) {
         if std::mem::take(&mut self.gens[i].probe_running) {
             self.actions.push_back(Action::StopProbe {
+                gen: self.gens[i].id,
+            });
+        }
+        if std::mem::take(&mut self.gens[i].prove) {
+            self.actions.push_back(Action::StopProving {
                 gen: self.gens[i].id,
             });
         }

@@ -6,6 +6,8 @@
 //! - between fork and exec only async-signal-safe calls on memory prepared before the fork.
 //! - cgroups are only created, killed and removed under handoff's own cgroup, through fds
 //!   opened without following links ([`cgroup`]).
+pub mod accepting;
+pub mod adopt;
 pub mod cgroup;
 pub mod kill;
 pub mod listeners;

@@ -54,6 +54,9 @@ pub struct Listener {
     /// manager keeps it open across a restart of handoff (or a crash), so handoff leaves it
     /// (and its socket file) to the manager at exit, as it does with an inherited one.
     pub stored: bool,
+    /// Given as `:PORT` (every interface, both families): bind adoption gives it to a child
+    /// that binds `[::]:PORT` with or without `IPV6_V6ONLY` (see `handoff_core::adopt`).
+    pub all_interfaces: bool,
     /// How to bind it again (bound sockets only).
     rebind: Option<Rebind>,
     fd: OwnedFd,
@@ -99,6 +102,8 @@ pub struct ListenerState {
     pub kind: Kind,
     pub inherited: bool,
     pub stored: bool,
+    /// Given as `:PORT` (bind adoption gives it to a `[::]:PORT` bind).
+    pub all_interfaces: bool,
     unix_file: Option<UnixFile>,
     rebind: Option<Rebind>,
 }
@@ -113,6 +118,7 @@ impl Listener {
             kind: self.kind,
             inherited: self.inherited,
             stored: self.stored,
+            all_interfaces: self.all_interfaces,
             unix_file: self.unix_file.clone(),
             rebind: self.rebind.clone(),
         }
@@ -131,6 +137,7 @@ impl Listener {
             kind: st.kind,
             inherited: st.inherited,
             stored: st.stored,
+            all_interfaces: st.all_interfaces,
             rebind: st.rebind,
             fd,
         })
@@ -168,6 +175,7 @@ impl Listener {
             kind,
             inherited: true,
             stored: false,
+            all_interfaces: false,
             rebind: None,
             fd,
         })
@@ -505,6 +513,7 @@ pub fn bind_with(
                 kind: if udp { Kind::Udp } else { Kind::Tcp },
                 inherited: false,
                 stored: false,
+                all_interfaces: a.host == Host::AllInterfaces,
                 rebind: addr.map(|addr| Rebind::Inet {
                     addr,
                     v6only,
@@ -526,6 +535,7 @@ pub fn bind_with(
                 kind: Kind::Unix,
                 inherited: false,
                 stored: false,
+                all_interfaces: false,
                 rebind: Some(Rebind::Unix {
                     path: path.clone(),
                     backlog,

@@ -59,6 +59,44 @@ pub fn belongs_to(pid: u32, ancestor: u32) -> bool {
     false
 }
 
+/// The descendants of `pid` (children, their children, ...), from /proc.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let all: Vec<(u32, u32)> = all_pids()
+        .into_iter()
+        .filter_map(|p| Some((p, stat(p)?.ppid)))
+        .collect();
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for &(p, pp) in &all {
+            if pp == parent && !out.contains(&p) && out.len() < 4096 {
+                out.push(p);
+                frontier.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The value of `key` in `pid`'s initial environment (/proc/PID/environ).
+pub fn environ_var(pid: u32, key: &str) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|&b| b == 0).find_map(|kv| {
+        let rest = kv.strip_prefix(key.as_bytes())?.strip_prefix(b"=")?;
+        Some(String::from_utf8_lossy(rest).into_owned())
+    })
+}
+
+/// `pid`'s command name (/proc/PID/comm).
+pub fn comm(pid: u32) -> Option<String> {
+    Some(
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .ok()?
+            .trim_end()
+            .to_string(),
+    )
+}
+
 /// Every pid in /proc.
 pub fn all_pids() -> Vec<u32> {
     std::fs::read_dir("/proc")

@@ -9,7 +9,9 @@
 //! std's `pre_exec` hook) then does, in this order (systemd's `safe_fork_full` order):
 //! 1. reset every signal disposition to `SIG_DFL`, so that a signal arriving now cannot run a
 //!    copy of handoff's handlers and be swallowed; then join the generation's cgroup, if
-//!    given ([`SpawnPlan::with_cgroup`]), before anything else happens in the child;
+//!    given ([`SpawnPlan::with_cgroup`]), before anything else happens in the child; then,
+//!    with bind adoption ([`SpawnPlan::with_adopt`]), install the seccomp filter and send its
+//!    fd to handoff ([`crate::adopt`]);
 //! 2. ask for the generation's stop signal if handoff dies (`PR_SET_PDEATHSIG`, see
 //!    [`SpawnPlan::with_death_signal`]), then check the parent did not already die;
 //! 3. `dup2` the listeners to 3.. and mark every other fd above them close-on-exec;
@@ -236,6 +238,8 @@ pub struct SpawnPlan {
     death_signal: libc::c_int,
     /// A cgroup's `cgroup.procs`, opened for writing: the child writes "0" to it.
     cgroup_procs: Option<OwnedFd>,
+    /// Bind adoption: the seccomp filter to install (see [`crate::adopt`]).
+    adopt: Option<crate::adopt::ChildSide>,
 }
 
 // SAFETY: the raw pointers only point into buffers owned by the plan itself; nothing is shared.
@@ -308,6 +312,7 @@ impl SpawnPlan {
             creds,
             death_signal: libc::SIGTERM,
             cgroup_procs: None,
+            adopt: None,
         })
     }
 
@@ -319,6 +324,25 @@ impl SpawnPlan {
         // A copy owned by the plan (close-on-exec: the child does not keep it).
         self.cgroup_procs = Some(procs.try_clone_to_owned()?);
         Ok(self)
+    }
+
+    /// Install the bind-adoption filter in the child (step 1c of [`child_exec`]). If its
+    /// socket cannot be moved above the listeners' fds (out of fds), the child runs without
+    /// it, and [`crate::adopt::ParentSide::receive`] says that nothing came.
+    pub fn with_adopt(mut self, mut side: crate::adopt::ChildSide) -> Self {
+        if side.move_above(3 + self.source_fds.len() as RawFd).is_ok() {
+            self.adopt = Some(side);
+        }
+        self
+    }
+
+    /// Leave `LISTEN_PID` out of the child's environment: for a server started through a
+    /// wrapper (`npm start`, `sh -c` without `exec`), whose own pid would not match, with a
+    /// library that accepts a missing `LISTEN_PID` (as systemfd does for `cargo watch`).
+    pub fn without_listen_pid(mut self) -> Self {
+        let slot: *const libc::c_char = self.pid_slot.as_ptr().cast();
+        self.envp.retain(|&p| p != slot);
+        self
     }
 
     /// The signal the child gets if handoff dies, even by SIGKILL (`PR_SET_PDEATHSIG`);
@@ -424,6 +448,13 @@ unsafe fn child_exec(plan: &mut SpawnPlan) -> io::Result<()> {
             if n != zero.len() as isize {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
+        }
+
+        // 1c. Bind adoption: the seccomp filter, once in the cgroup and before the privilege
+        //     drop (a root handoff's CAP_SYS_ADMIN then spares the child NO_NEW_PRIVS); its
+        //     notification fd goes to handoff. Async-signal-safe, allocation-free (adopt.rs).
+        if let Some(a) = &plan.adopt {
+            a.install();
         }
 
         // 2a. Drop privileges: supplementary groups, then gid, then uid (the reverse order

@@ -11,11 +11,12 @@ mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::TcpListener;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::CommandExt;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 
+use handoff_sys::adopt;
 use handoff_sys::spawn::{resolve_program, spawn, SpawnPlan};
 
 static PARENT: AtomicI32 = AtomicI32::new(0);
@@ -109,7 +110,20 @@ fn no_allocation_between_fork_and_exec_and_exec_errors_come_back() {
         if i % 2 == 1 {
             plan = plan.with_cgroup(null.as_fd()).expect("cgroup fd");
         }
+        // Half of the children with the bind-adoption step too (seccomp filter, SCM_RIGHTS),
+        // which must not allocate either.
+        let adopt = if i % 4 >= 2 {
+            let (parent, child) = adopt::channel().expect("channel");
+            plan = plan.with_adopt(child);
+            Some(parent)
+        } else {
+            None
+        };
         let pid = spawn(plan).expect("spawn");
+        if let Some(parent) = adopt {
+            let installed = parent.receive().expect("the child sent its seccomp fd");
+            assert!(installed.notify.as_raw_fd() > 2);
+        }
         let st = wait(pid);
         assert!(
             libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,

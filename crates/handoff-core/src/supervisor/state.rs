@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Failure, GenId, Generation, InPlaceReload, PendingReload, Phase, Pid, Policy, ReloadOutcome,
-    RequestId, ShutdownState, StartReason, Supervisor, Timer, Timers, UpgradeState,
+    Failure, GenId, Generation, InPlaceReload, PendingReload, Phase, Pid, Policy, ReadyBy,
+    ReloadOutcome, RequestId, ShutdownState, StartReason, Supervisor, Timer, Timers, UpgradeState,
 };
 
 /// Version of the upgrade state document (this part of it and the shell's). Bumped on any
@@ -74,6 +74,8 @@ pub struct SupervisorState {
     upgrade: Option<UpgradeRecord>,
     upgrades: u64,
     last_upgrade: Option<Rel>,
+    /// How the latest generation to become ready did (the next one follows it).
+    last_ready_by: Option<ReadyBy>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -86,6 +88,15 @@ struct GenerationState {
     requested_at: Option<Rel>,
     waiters: Vec<RequestId>,
     probe_running: bool,
+    /// Some notify datagram came from it: a notifier, never judged by detection.
+    notified: bool,
+    /// Detection: when a scan first saw it waiting to accept (the grace runs from there).
+    seen_since: Option<Rel>,
+    seen_fd: Option<u32>,
+    /// Its scans prove edge-triggered listeners (the driver's proof connections themselves
+    /// do not cross the exec: the next scan makes new ones).
+    prove: bool,
+    ready_by: Option<ReadyBy>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -257,6 +268,11 @@ impl Supervisor {
                     requested_at: g.requested_at.map(|t| rel(t, now)),
                     waiters: g.waiters.clone(),
                     probe_running: g.probe_running,
+                    notified: g.notified,
+                    seen_since: g.seen_since.map(|t| rel(t, now)),
+                    seen_fd: g.seen_fd,
+                    prove: g.prove,
+                    ready_by: g.ready_by,
                 })
                 .collect(),
             next_gen: self.next_gen,
@@ -304,6 +320,7 @@ impl Supervisor {
             }),
             upgrades: self.upgrades,
             last_upgrade: self.last_upgrade.map(|t| rel(t, now)),
+            last_ready_by: self.last_ready_by,
         }
     }
 
@@ -328,6 +345,11 @@ impl Supervisor {
                     requested_at: g.requested_at.map(|t| abs(t, now)),
                     waiters: g.waiters,
                     probe_running: g.probe_running,
+                    notified: g.notified,
+                    seen_since: g.seen_since.map(|t| abs(t, now)),
+                    seen_fd: g.seen_fd,
+                    prove: g.prove,
+                    ready_by: g.ready_by,
                 })
                 .collect(),
             next_gen: state.next_gen,
@@ -366,6 +388,7 @@ impl Supervisor {
             }),
             upgrades: state.upgrades,
             last_upgrade: state.last_upgrade.map(|t| abs(t, now)),
+            last_ready_by: state.last_ready_by,
         }
     }
 }

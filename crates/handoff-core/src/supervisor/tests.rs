@@ -1487,6 +1487,10 @@ mod model {
         UpgradeChecked(bool),
         ExecFailed,
         Upgraded,
+        /// A scan result for a live generation: 0 no, 1 yes, 2 edge-triggered, 3 proven.
+        Accepting(u8, u8),
+        /// A STATUS= datagram (makes the generation a notifier).
+        Status(u8),
     }
 
     enum Input {
@@ -1524,17 +1528,35 @@ mod model {
             1 => any::<bool>().prop_map(Step::UpgradeChecked),
             1 => Just(Step::ExecFailed),
             1 => Just(Step::Upgraded),
+            6 => (any::<u8>(), 0..4u8).prop_map(|(g, k)| Step::Accepting(g, k)),
+            1 => any::<u8>().prop_map(Step::Status),
         ]
     }
 
     proptest! {
         #[test]
-        fn invariants_hold(steps in proptest::collection::vec(step(), 1..80), in_place in any::<bool>()) {
-            let policy = Policy {
-                probe_interval: Some(ms(300)),
-                reload_signal: in_place.then_some(Signal::HUP),
-                ..Policy::default()
+        fn invariants_hold(steps in proptest::collection::vec(step(), 1..80), in_place in any::<bool>(), detect in any::<bool>()) {
+            let policy = if detect {
+                // Readiness without READY=1: scans, proofs, the grace and the fallback.
+                Policy {
+                    detect_interval: Some(ms(20)),
+                    detect_grace: ms(30),
+                    detect_prove: true,
+                    reload_signal: in_place.then_some(Signal::HUP),
+                    ..Policy::default()
+                }
+            } else {
+                Policy {
+                    probe_interval: Some(ms(300)),
+                    reload_signal: in_place.then_some(Signal::HUP),
+                    ..Policy::default()
+                }
             };
+            // Generations that sent a datagram (notifiers), how the last ready one became
+            // ready (true: READY=1), generations whose scans prove.
+            let mut notified: Vec<GenId> = Vec::new();
+            let mut last_by_notify = false;
+            let mut proving: Vec<GenId> = Vec::new();
             let (mut h, first) = Harness::new(policy.clone());
             let spawns = |a: &[Action]| -> Vec<GenId> {
                 a.iter().filter_map(|a| match a { Action::Spawn { gen } => Some(*gen), _ => None }).collect()
@@ -1547,8 +1569,10 @@ mod model {
             // A twin of `h` that went through export, JSON and import at the start and at
             // every `Roundtrip` step: it must do exactly what `h` does.
             let mut twin = h.twin();
-            for s in steps {
+            for (n, s) in steps.into_iter().enumerate() {
                 let input = match s {
+                    // With detection, let generations live long enough to be judged.
+                    Step::Shutdown | Step::Interrupt if detect && n < 40 => None,
                     Step::Reload => Some(Input::Ev(Event::Reload { reply: ReplyTo::Nobody, restart: false })),
                     Step::ReloadWaiting => {
                         next_request += 1;
@@ -1563,17 +1587,31 @@ mod model {
                         live.push((gen, next_pid));
                         Some(Input::Ev(Event::Spawned { gen, pid: next_pid }))
                     }
-                    Step::SpawnFail if !spawning.is_empty() => {
+                    Step::SpawnFail if !spawning.is_empty() && (!detect || n >= 40) => {
                         let gen = spawning.remove(0);
                         Some(Input::Ev(Event::SpawnFailed { gen, error: "x".into() }))
                     }
-                    Step::Ready(k) if !live.is_empty() => {
-                        let (gen, _) = live[k as usize % live.len()];
+                    // With detection, most servers are silent: few READY=1.
+                    Step::Ready(k) if !live.is_empty() && (!detect || k % 4 == 0) => {
+                        let (gen, _) = live[k as usize / 4 % live.len()];
+                        notified.push(gen);
                         let msg = NotifyMessage { ready: true, ..Default::default() };
                         Some(Input::Ev(Event::Notify { gen, msg }))
                     }
-                    Step::Reloading(k) if !live.is_empty() => {
+                    Step::Status(k) if !live.is_empty() && (!detect || k % 4 == 0) => {
+                        let (gen, _) = live[k as usize / 4 % live.len()];
+                        notified.push(gen);
+                        let msg = NotifyMessage { status: Some("starting".into()), ..Default::default() };
+                        Some(Input::Ev(Event::Notify { gen, msg }))
+                    }
+                    Step::Accepting(k, kind) if !live.is_empty() => {
                         let (gen, _) = live[k as usize % live.len()];
+                        let seen = [Accepting::No, Accepting::Yes, Accepting::EdgeTriggered, Accepting::Proven][kind as usize];
+                        Some(Input::Ev(Event::Accepting { gen, seen, fd: (kind > 0).then_some(3) }))
+                    }
+                    Step::Reloading(k) if !live.is_empty() && (!detect || k % 4 == 0) => {
+                        let (gen, _) = live[k as usize / 4 % live.len()];
+                        notified.push(gen);
                         let msg = NotifyMessage { reloading: true, ..Default::default() };
                         Some(Input::Ev(Event::Notify { gen, msg }))
                     }
@@ -1605,6 +1643,26 @@ mod model {
                 prop_assert_eq!(&a, &b, "the imported twin acted differently");
                 spawning.extend(spawns(&a));
                 for act in &a {
+                    match act {
+                        Action::Report(Report::ReadyDetected { gen, .. }) => {
+                            // READY=1 always wins: never a notifier, never after one.
+                            prop_assert!(!notified.contains(gen), "notifier {} detected", gen);
+                            prop_assert!(!last_by_notify, "gen {} detected after a READY=1 generation", gen);
+                        }
+                        Action::Report(Report::Proving { gen, .. }) => proving.push(*gen),
+                        Action::StopProving { gen } => proving.retain(|g| g != gen),
+                        _ => {}
+                    }
+                }
+                for act in &a {
+                    if let Action::Report(Report::Ready { gen, .. }) = act {
+                        let other = a.iter().any(|x| matches!(x,
+                            Action::Report(Report::ReadyDetected { gen: g, .. }
+                                | Report::ReadyWithoutNotify { gen: g, .. }) if g == gen));
+                        last_by_notify = !other;
+                    }
+                }
+                for act in &a {
                     if let Action::Reply { request, outcome } = act {
                         // Every request is answered exactly once (reloads have no interim answer).
                         prop_assert!(open_requests.contains(request), "unexpected or second reply {:?}", act);
@@ -1618,6 +1676,11 @@ mod model {
                     break;
                 }
                 let snap = h.sup.snapshot(h.now);
+                // Proof-of-accept connections exist only for starting generations.
+                for g in &proving {
+                    prop_assert!(snap.generations.iter().any(|s| s.gen == *g && matches!(s.phase, Phase::Starting { .. })),
+                        "gen {} proving outside of Starting", g);
+                }
                 // Never more than one generation starting at once.
                 let starting = snap.generations.iter().filter(|g| g.phase.is_starting()).count();
                 prop_assert!(starting <= 1);
@@ -2119,4 +2182,354 @@ fn an_upgrade_requested_before_a_first_start_that_fails_is_answered() {
     assert!(a.contains(&Action::StopUpgradeCheck), "{a:?}");
     assert!(a.contains(&reply(1, Outcome::ShuttingDown)), "{a:?}");
     assert_eq!(a.last(), Some(&Action::Exit(exit_code::FAILURE)));
+}
+
+#[test]
+fn a_generation_still_starting_is_checked_for_a_wrapper_once() {
+    let (mut h, _) = Harness::new(Policy {
+        wrapper_check_after: Some(secs(1)),
+        ..Policy::default()
+    });
+    h.spawned(1, 100);
+    assert_eq!(h.advance(ms(999)), vec![]);
+    assert_eq!(
+        h.advance(ms(1)),
+        vec![Action::CheckWrapper { gen: 1, pid: 100 }]
+    );
+    assert_eq!(h.advance(secs(10)), vec![], "once");
+    // A generation ready before the check is not checked.
+    h.ready(1);
+    h.reload();
+    h.spawned(2, 200);
+    h.ready(2);
+    assert!(!h
+        .advance(secs(2))
+        .iter()
+        .any(|a| matches!(a, Action::CheckWrapper { .. })));
+}
+
+// ---- readiness without READY=1 (--detect-ready) -----------------------------------------
+
+fn detect_policy() -> Policy {
+    Policy {
+        detect_interval: Some(ms(20)),
+        detect_grace: secs(5),
+        detect_prove: true,
+        ..Policy::default()
+    }
+}
+
+impl Harness {
+    fn accepting(&mut self, gen: GenId, seen: Accepting, fd: Option<u32>) -> Vec<Action> {
+        self.ev(Event::Accepting { gen, seen, fd })
+    }
+
+    fn status_line(&mut self, gen: GenId) -> Vec<Action> {
+        let msg = NotifyMessage {
+            status: Some("starting".into()),
+            ..Default::default()
+        };
+        self.ev(Event::Notify { gen, msg })
+    }
+}
+
+fn ready_rep(gen: GenId, pid: Pid, after: Duration) -> Action {
+    rep(Report::Ready { gen, pid, after })
+}
+
+fn detected(gen: GenId, pid: Pid, fd: u32, proven: bool) -> Action {
+    rep(Report::ReadyDetected {
+        gen,
+        pid,
+        fd: Some(fd),
+        proven,
+    })
+}
+
+#[test]
+fn a_starting_generation_is_scanned_until_it_is_ready() {
+    let (mut h, _) = Harness::new(detect_policy());
+    h.spawned(1, 100);
+    assert_eq!(h.advance(ms(19)), vec![]);
+    let scan = Action::Scan {
+        gen: 1,
+        pid: 100,
+        prove: false,
+    };
+    assert_eq!(h.advance(ms(1)), vec![scan.clone()]);
+    assert_eq!(h.advance(ms(20)), vec![scan]);
+    h.ready(1);
+    assert_eq!(h.advance(ms(100)), vec![], "no scan once ready");
+}
+
+#[test]
+fn a_silent_first_generation_is_ready_once_its_accept_wait_held_for_the_grace() {
+    let (mut h, _) = Harness::new(detect_policy());
+    h.spawned(1, 100);
+    h.now += ms(20);
+    assert_eq!(h.accepting(1, Accepting::No, None), vec![]);
+    h.now += ms(20);
+    assert_eq!(h.accepting(1, Accepting::Yes, Some(3)), vec![]);
+    h.now += ms(4999);
+    assert_eq!(h.accepting(1, Accepting::Yes, Some(3)), vec![]);
+    h.now += ms(1);
+    assert_eq!(
+        h.accepting(1, Accepting::Yes, Some(3)),
+        vec![
+            ready_rep(1, 100, ms(5040)),
+            tell(ManagerMessage::Ready { gen: 1, pid: 100 }),
+            detected(1, 100, 3, false),
+        ]
+    );
+    assert_eq!(
+        h.sup.snapshot(h.now).generations[0].ready_by,
+        Some(ReadyBy::Detected)
+    );
+}
+
+#[test]
+fn after_a_detected_generation_the_next_is_ready_at_its_first_accepting_scan() {
+    let (mut h, _) = Harness::new(detect_policy());
+    h.spawned(1, 100);
+    h.accepting(1, Accepting::Yes, Some(3));
+    h.now += secs(5);
+    h.accepting(1, Accepting::Yes, Some(3));
+    assert_eq!(h.sup.serving(), Some((1, 100)));
+    h.reload();
+    h.spawned(2, 200);
+    h.now += ms(20);
+    assert_eq!(h.accepting(2, Accepting::No, None), vec![]);
+    h.now += ms(20);
+    assert_eq!(
+        h.accepting(2, Accepting::Yes, Some(3)),
+        vec![
+            term(1, 100),
+            stopping(1, 100, Some(h.now)),
+            ready_rep(2, 200, ms(40)),
+            tell(ManagerMessage::Ready { gen: 2, pid: 200 }),
+            rep(Report::ReloadFinished(ok_outcome(2, 200, ms(40)))),
+            detected(2, 200, 3, false),
+        ]
+    );
+}
+
+#[test]
+fn a_notifier_is_never_judged_ready_by_detection() {
+    // Any datagram (here STATUS=) makes a generation a notifier, whatever it accepts.
+    let (mut h, _) = Harness::new(detect_policy());
+    h.spawned(1, 100);
+    h.status_line(1);
+    h.accepting(1, Accepting::Yes, Some(3));
+    h.now += secs(10);
+    assert_eq!(h.accepting(1, Accepting::Yes, Some(3)), vec![]);
+    assert_eq!(h.sup.serving(), None);
+    h.ready(1);
+    // The next generation follows it: only READY=1 counts, even before any datagram.
+    h.reload();
+    h.spawned(2, 200);
+    h.accepting(2, Accepting::Yes, Some(3));
+    h.now += secs(10);
+    assert_eq!(h.accepting(2, Accepting::Yes, Some(3)), vec![]);
+    assert_eq!(h.sup.serving(), Some((1, 100)));
+    assert!(h
+        .ready(2)
+        .contains(&tell(ManagerMessage::Ready { gen: 2, pid: 200 })));
+}
+
+#[test]
+fn a_notifier_whose_runtime_waits_early_is_ready_only_at_its_ready() {
+    // asyncio with start_serving, then 2 s of work before READY=1: the loop waits on the
+    // listener at once, but the grace (5 s) outlasts the silence before READY=1.
+    let (mut h, _) = Harness::new(detect_policy());
+    h.spawned(1, 100);
+    for _ in 0..100 {
+        h.now += ms(20);
+        assert_eq!(h.accepting(1, Accepting::Yes, Some(3)), vec![]);
+    }
+    let a = h.ready(1);
+    assert_eq!(
+        a,
+        vec![
+            ready_rep(1, 100, secs(2)),
+            tell(ManagerMessage::Ready { gen: 1, pid: 100 }),
+        ]
+    );
+    assert_eq!(
+        h.sup.snapshot(h.now).generations[0].ready_by,
+        Some(ReadyBy::Notify)
+    );
+}
+
+#[test]
+fn edge_triggered_waits_are_proven_only_when_no_ready_can_come() {
+    let (mut h, _) = Harness::new(detect_policy());
+    h.spawned(1, 100);
+    h.now += ms(20);
+    assert_eq!(h.accepting(1, Accepting::EdgeTriggered, Some(3)), vec![]);
+    h.now += secs(5);
+    assert_eq!(
+        h.accepting(1, Accepting::EdgeTriggered, Some(3)),
+        vec![rep(Report::Proving {
+            gen: 1,
+            pid: 100,
+            fd: Some(3)
+        })],
+        "not trusted: proven with connections of handoff's own"
+    );
+    assert_eq!(h.sup.serving(), None);
+    assert_eq!(
+        h.fire(),
+        vec![Action::Scan {
+            gen: 1,
+            pid: 100,
+            prove: true
+        }]
+    );
+    assert_eq!(h.accepting(1, Accepting::EdgeTriggered, Some(3)), vec![]);
+    let after = ms(5020);
+    let a = h.accepting(1, Accepting::Proven, Some(3));
+    assert_eq!(
+        a,
+        vec![
+            Action::StopProving { gen: 1 },
+            ready_rep(1, 100, after),
+            tell(ManagerMessage::Ready { gen: 1, pid: 100 }),
+            detected(1, 100, 3, true),
+        ]
+    );
+}
+
+#[test]
+fn without_proving_an_edge_triggered_wait_never_makes_a_generation_ready() {
+    let (mut h, _) = Harness::new(Policy {
+        detect_prove: false,
+        ..detect_policy()
+    });
+    h.spawned(1, 100);
+    h.accepting(1, Accepting::EdgeTriggered, Some(3));
+    h.now += secs(10);
+    assert_eq!(h.accepting(1, Accepting::EdgeTriggered, Some(3)), vec![]);
+    assert_eq!(h.sup.serving(), None);
+}
+
+#[test]
+fn explicit_ready_after_wins_over_detection() {
+    let (mut h, _) = Harness::new(Policy {
+        ready_after: Some(secs(8)),
+        ..detect_policy()
+    });
+    h.spawned(1, 100);
+    h.accepting(1, Accepting::Yes, Some(3));
+    h.now += secs(6);
+    assert_eq!(h.accepting(1, Accepting::Yes, Some(3)), vec![]);
+    h.now += secs(2);
+    let a = h.ev(Event::Timeout);
+    assert!(a.contains(&ready_rep(1, 100, secs(8))), "{a:?}");
+    assert_eq!(
+        h.sup.snapshot(h.now).generations[0].ready_by,
+        Some(ReadyBy::ReadyAfter)
+    );
+}
+
+#[test]
+fn a_generation_that_accepts_without_ready_is_not_killed_when_nothing_else_serves() {
+    let (mut h, _) = Harness::new(detect_policy());
+    h.spawned(1, 100);
+    h.status_line(1); // a notifier that never sends READY=1
+    h.now += ms(20);
+    h.accepting(1, Accepting::Yes, Some(3));
+    h.now = h.now - ms(20) + secs(60);
+    let a = h.ev(Event::Timeout);
+    let scan = Action::Scan {
+        gen: 1,
+        pid: 100,
+        prove: false,
+    };
+    assert_eq!(
+        a,
+        vec![
+            scan, // overdue: the fake clock jumped
+            ready_rep(1, 100, secs(60)),
+            tell(ManagerMessage::Ready { gen: 1, pid: 100 }),
+            rep(Report::ReadyWithoutNotify {
+                gen: 1,
+                pid: 100,
+                fd: 3,
+                waited: secs(60)
+            }),
+        ],
+        "ready with a warning: no stop signal, no restart loop"
+    );
+    assert_eq!(
+        h.sup.snapshot(h.now).generations[0].ready_by,
+        Some(ReadyBy::Fallback)
+    );
+}
+
+#[test]
+fn a_reload_whose_generation_accepts_without_ready_fails_saying_what_was_seen() {
+    let mut h = Harness::serving_with(detect_policy()); // gen 1 ready by READY=1
+    h.reload_waiting(9);
+    h.spawned(2, 200);
+    h.now += ms(20);
+    assert_eq!(h.accepting(2, Accepting::Yes, Some(3)), vec![]);
+    h.now = h.now - ms(20) + secs(60);
+    let a = h.ev(Event::Timeout);
+    let reason = FailReason::AcceptingWithoutReady {
+        fd: 3,
+        waited: secs(60),
+    };
+    let outcome = failed_outcome(2, reason.clone(), secs(60), Some((1, 100)));
+    assert_eq!(
+        a,
+        vec![
+            Action::Scan {
+                gen: 2,
+                pid: 200,
+                prove: false,
+            }, // overdue: the fake clock jumped
+            rep(Report::Failed {
+                gen: 2,
+                pid: Some(200),
+                reason: reason.clone()
+            }),
+            tell(ManagerMessage::ReloadFailed(outcome.clone())),
+            rep(Report::ReloadFinished(outcome.clone())),
+            reply(9, Outcome::Reload(outcome)),
+            term(2, 200),
+            stopping(2, 200, None),
+        ]
+    );
+    assert_eq!(
+        reason.to_string(),
+        "not ready after 60.0s (ready timeout): accepting on fd 3 but no READY=1: send READY=1, or pass --ready-after"
+    );
+}
+
+#[test]
+fn a_generation_never_seen_accepting_fails_saying_so() {
+    let mut h = Harness::serving_with(detect_policy());
+    h.reload();
+    h.spawned(2, 200);
+    h.now += secs(60);
+    let a = h.ev(Event::Timeout);
+    assert!(
+        a.contains(&rep(Report::Failed {
+            gen: 2,
+            pid: Some(200),
+            reason: FailReason::NeverAccepting(secs(60))
+        })),
+        "{a:?}"
+    );
+    assert!(FailReason::NeverAccepting(secs(60))
+        .to_string()
+        .contains("never seen accepting"));
+}
+
+#[test]
+fn scans_of_a_generation_that_is_gone_are_ignored() {
+    let (mut h, _) = Harness::new(detect_policy());
+    h.spawned(1, 100);
+    h.exited(100, 1);
+    assert_eq!(h.accepting(1, Accepting::Yes, Some(3)), vec![]);
 }

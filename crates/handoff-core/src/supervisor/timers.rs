@@ -20,6 +20,10 @@ pub(crate) enum Timer {
     ReadyDeadline(GenId),
     /// Next run of the readiness probe.
     Probe(GenId),
+    /// Next accept-wait scan of a starting generation (`--detect-ready`).
+    Scan(GenId),
+    /// Still starting: look for a wrapper hiding the sockets (a diagnostic).
+    WrapperCheck(GenId),
     /// `--drain-timeout` elapsed: SIGKILL the group.
     KillDeadline(GenId),
     /// SIGKILL sent long ago and still not reaped: give up on it.
@@ -43,6 +47,8 @@ impl Timer {
             Self::ReadyAfter(g)
             | Self::ReadyDeadline(g)
             | Self::Probe(g)
+            | Self::Scan(g)
+            | Self::WrapperCheck(g)
             | Self::KillDeadline(g)
             | Self::ReapDeadline(g) => Some(g),
             Self::Restart

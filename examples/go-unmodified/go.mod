@@ -1,0 +1,3 @@
+module example.com/go-unmodified
+
+go 1.19
