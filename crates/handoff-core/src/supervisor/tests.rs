@@ -2533,3 +2533,110 @@ fn scans_of_a_generation_that_is_gone_are_ignored() {
     h.exited(100, 1);
     assert_eq!(h.accepting(1, Accepting::Yes, Some(3)), vec![]);
 }
+
+// ---- export / import of the detection state -------------------------------------------------
+
+#[test]
+fn import_of_export_keeps_an_accept_wait_mid_grace_and_the_scan_timer() {
+    // The grace runs from the first accepting scan (seen_since): an import must neither
+    // restart it nor lose it.
+    let (mut h, _) = Harness::new(detect_policy());
+    h.spawned(1, 100);
+    h.now += ms(20);
+    h.accepting(1, Accepting::Yes, Some(3));
+    h.now += secs(3);
+    same_after_import(
+        &mut h,
+        &[
+            &|h| h.fire(), // the next scan (Timer::Scan crossed)
+            &|h| h.advance(ms(1999)),
+            &|h| h.accepting(1, Accepting::Yes, Some(3)), // 4.999 s: not yet
+            &|h| h.advance(ms(1)),
+            &|h| h.accepting(1, Accepting::Yes, Some(3)), // 5 s: ready, detected
+        ],
+    );
+    assert_eq!(h.sup.serving(), Some((1, 100)));
+}
+
+#[test]
+fn import_of_export_keeps_how_the_last_generation_became_ready() {
+    // gen 1 ready by detection: after the import, gen 2 is still ready at its first
+    // accepting scan (last_ready_by), and its ready_by shows in status.
+    let (mut h, _) = Harness::new(detect_policy());
+    h.spawned(1, 100);
+    h.accepting(1, Accepting::Yes, Some(3));
+    h.now += secs(5);
+    h.accepting(1, Accepting::Yes, Some(3));
+    h.reload();
+    h.spawned(2, 200);
+    let twin = h.twin();
+    assert_eq!(
+        twin.sup.snapshot(twin.now).generations[0].ready_by,
+        Some(ReadyBy::Detected)
+    );
+    same_after_import(
+        &mut h,
+        &[&|h| h.advance(ms(20)), &|h| {
+            h.accepting(2, Accepting::Yes, Some(3))
+        }],
+    );
+    assert_eq!(h.sup.serving(), Some((2, 200)));
+    // And a READY=1 generation: the next must send READY=1 too, across an import.
+    let (mut h, _) = Harness::new(detect_policy());
+    h.spawned(1, 100);
+    h.ready(1);
+    h.reload();
+    h.spawned(2, 200);
+    same_after_import(
+        &mut h,
+        &[
+            &|h| h.accepting(2, Accepting::Yes, Some(3)),
+            &|h| h.advance(secs(10)),
+            &|h| h.accepting(2, Accepting::Yes, Some(3)),
+            &|h| h.ready(2),
+        ],
+    );
+}
+
+#[test]
+fn import_of_export_keeps_a_notifier_and_a_generation_being_proven() {
+    // A notifier (any datagram) stays one after the import.
+    let (mut h, _) = Harness::new(detect_policy());
+    h.spawned(1, 100);
+    h.status_line(1);
+    h.accepting(1, Accepting::Yes, Some(3));
+    same_after_import(
+        &mut h,
+        &[
+            &|h| h.advance(secs(10)),
+            &|h| h.accepting(1, Accepting::Yes, Some(3)),
+            &|h| h.ready(1),
+        ],
+    );
+    // Proving: the import's next scan proves again (the driver's connections restart).
+    let (mut h, _) = Harness::new(detect_policy());
+    h.spawned(1, 100);
+    h.now += ms(20);
+    h.accepting(1, Accepting::EdgeTriggered, Some(3));
+    h.now += secs(5);
+    h.accepting(1, Accepting::EdgeTriggered, Some(3)); // Proving
+    same_after_import(
+        &mut h,
+        &[
+            &|h| h.fire(), // Scan { prove: true }
+            &|h| h.accepting(1, Accepting::EdgeTriggered, Some(3)),
+            &|h| h.accepting(1, Accepting::Proven, Some(3)),
+        ],
+    );
+}
+
+#[test]
+fn import_of_export_keeps_the_wrapper_check() {
+    let (mut h, _) = Harness::new(Policy {
+        wrapper_check_after: Some(secs(1)),
+        ..Policy::default()
+    });
+    h.spawned(1, 100);
+    h.now += ms(600);
+    same_after_import(&mut h, &[&|h| h.advance(ms(399)), &|h| h.advance(ms(1))]);
+}
