@@ -646,6 +646,11 @@ impl Driver {
             handoff_sys::upgrade::unblock_signals();
             return;
         }
+        // No bind may be left received and unanswered by a thread the exec ends: stop the
+        // adoption watches (their fds stay open and cross the exec).
+        if let Some(a) = &mut self.services.adopt {
+            a.suspend();
+        }
         let error = match self.export_state(&binary).and_then(|st| {
             let doc = upgrade::write(&st)?;
             let mut fds = st.fds.clone();
@@ -668,6 +673,9 @@ impl Driver {
             },
             Err(e) => e,
         };
+        if let Some(a) = &mut self.services.adopt {
+            a.unsuspend();
+        }
         handoff_sys::upgrade::unblock_signals();
         self.handle(Event::ExecFailed { error });
     }
@@ -714,6 +722,12 @@ impl Driver {
         fds.extend(&self.control_fds);
         fds.extend(metrics.as_ref().map(|m| m.0));
         fds.extend(requests.iter().map(|r| r.1));
+        let adopt = self.services.adopt.as_ref().map(|a| a.export());
+        fds.extend(
+            adopt
+                .iter()
+                .flat_map(|a| a.generations.iter().map(|g| g.fd)),
+        );
         let mut probes: Vec<_> = self.probes.iter().map(|(p, g)| (*p, *g)).collect();
         probes.sort();
         Ok(State {
@@ -740,6 +754,7 @@ impl Driver {
             probes,
             requests,
             next_request: self.next_request,
+            adopt,
         })
     }
 

@@ -771,7 +771,11 @@ fn resume(
         tracing::warn!(event = "watch_error", error = %e, msg = "cannot watch after the upgrade", "{e}");
         None
     });
-    let adopt = setup_adopt(cli.adopt, &listeners);
+    // Bind adoption: each generation's notification fd, answered again from here.
+    let adopt = st
+        .adopt
+        .map(|a| adopt::Adoption::import(a, &listeners))
+        .transpose()?;
     let sup = Supervisor::import(policy, st.supervisor, then);
     let counters = metrics.as_ref().map(|m| m.2.clone());
     let services = Services {

@@ -61,6 +61,9 @@ pub struct State {
     /// Control connections still owed an answer, by request and fd.
     pub requests: Vec<(RequestId, i32)>,
     pub next_request: RequestId,
+    /// Bind adoption: each generation's seccomp notification fd (its answering thread is
+    /// started again by the new image), and the listeners' O_NONBLOCK as first adopted.
+    pub adopt: Option<crate::adopt::AdoptState>,
 }
 
 /// One generation's notify socket.

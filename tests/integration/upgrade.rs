@@ -237,3 +237,111 @@ fn a_bad_binary_is_refused_before_the_exec_and_the_old_image_keeps_serving() {
     let (code, out, err) = h.cmd(&["upgrade", "--binary", good.to_str().expect("utf-8")]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// A Python server that binds the address handoff holds itself (bind adoption gives it
+/// handoff's socket); `GET /bind` makes it bind a new socket to that address again, and
+/// answers `bind ok` or `bind errno N`.
+const SELF_BINDER: &str = r#"
+import http.server, os, signal, socket, sys, threading
+host, port = sys.argv[1].rsplit(":", 1)
+gen = os.environ["HANDOFF_GENERATION"]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if self.path == "/bind":
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind((host, int(port)))
+                what = "bind ok"
+            except OSError as e:
+                what = "bind errno %d" % e.errno
+            s.close()
+        else:
+            what = "hello"
+        body = f"{what} from generation {gen} (pid {os.getpid()})\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+    def log_message(self, *a):
+        pass
+srv = http.server.ThreadingHTTPServer((host, int(port)), H)
+srv.daemon_threads = False
+signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=srv.shutdown).start())
+srv.serve_forever()
+srv.server_close()
+"#;
+
+fn body(addr: std::net::SocketAddr, path: &str, h: &Handoff) -> String {
+    match get(addr, path) {
+        Outcome::Ok { status: 200, body } => body,
+        other => panic!("GET {path}: {other:?}\n{}", h.raw_log()),
+    }
+}
+
+#[test]
+fn a_server_that_binds_its_own_port_keeps_bind_adoption_across_an_upgrade() {
+    let mut h = handoff()
+        .args(["--listen", "127.0.0.1:0", "--ready-after", "300ms"])
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "exec python3 -c \"$0\" \"${SERVER_STARTER_PORT%%=*}\"",
+        ])
+        .arg(SELF_BINDER)
+        .start();
+    let pid = h.ready(1);
+    let addr = h.addr(0);
+    let a = h.wait("adopted", &[("gen", 1.into())]);
+    assert_eq!(a["addr"], addr.to_string(), "{a}");
+    assert!(body(addr, "/", &h).starts_with("hello from generation 1"));
+    let new = copy_of_handoff(h.dir.path(), "new");
+    let (code, out, err) = h.cmd(&["upgrade", "--binary", new.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{out}{err}");
+    h.wait("upgraded", &[("count", 1.into())]);
+    // The adopted socket is handoff's own listener: it still serves.
+    assert_eq!(
+        body(addr, "/", &h),
+        format!("hello from generation 1 (pid {pid})\n")
+    );
+    // A new bind of the held address by that generation, after the upgrade: the new image's
+    // watch answers it (without one it would fail with ENOSYS, or hang).
+    let t = Instant::now();
+    let b = body(addr, "/bind", &h);
+    assert!(
+        b.starts_with("bind ok from generation 1"),
+        "{b}\n{}",
+        h.raw_log()
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let answered = || {
+        let n = |e: &str| h.events(e).iter().filter(|v| v["gen"] == 1).count();
+        n("adopted") + n("adopt_rebind")
+    };
+    wait_until("the bind after the upgrade in the log", WAIT, || {
+        answered() == 2
+    });
+    // What generation 1 adopted before the upgrade is still in status.
+    let st = status(&h);
+    let g1 = st["generations"]
+        .as_array()
+        .expect("generations")
+        .iter()
+        .find(|g| g["gen"] == 1)
+        .expect("generation 1")
+        .clone();
+    assert_eq!(g1["adopted"][0]["addr"], addr.to_string(), "{st}");
+    // And a generation started by the new image adopts as the first did.
+    h.reload();
+    let done = h.wait("reload_finished", &[("gen", 2.into())]);
+    assert_eq!(done["result"], "ok", "{done}\n{}", h.raw_log());
+    h.wait("adopted", &[("gen", 2.into())]);
+    let drained = h.wait("drained", &[("gen", 1.into())]);
+    assert_eq!(drained["exit_status"], "exit status 0", "{drained}");
+    assert!(body(addr, "/bind", &h).starts_with("bind ok from generation 2"));
+    h.signal(libc::SIGTERM);
+    assert_eq!(h.wait_exit(WAIT), 0, "{}", h.raw_log());
+}
