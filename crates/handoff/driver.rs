@@ -111,6 +111,7 @@ pub struct Resumed {
     pub cgroup_of: HashMap<GenId, GenCgroup>,
     pub retiring: Vec<GenCgroup>,
     pub metrics: Option<crate::metrics::Counters>,
+    pub queues: Vec<QueueWatch>,
 }
 
 pub struct Driver {
@@ -206,6 +207,7 @@ impl Driver {
         self.started = r.started;
         self.probes = r.probes.clone();
         self.next_request = r.next_request;
+        self.queues = r.queues.clone();
         self.resumed = Some(r);
         self
     }
@@ -755,6 +757,7 @@ impl Driver {
             requests,
             next_request: self.next_request,
             adopt,
+            queues: self.queues.clone(),
         })
     }
 

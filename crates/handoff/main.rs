@@ -798,6 +798,7 @@ fn resume(
         cgroup_of,
         retiring,
         metrics: counters,
+        queues: st.queues,
     };
     let program = child.program.clone();
     Ok(Driver::new(sup, listeners, child, dir, services).resume(resumed, st.binary, program))

@@ -64,6 +64,8 @@ pub struct State {
     /// Bind adoption: each generation's seccomp notification fd (its answering thread is
     /// started again by the new image), and the listeners' O_NONBLOCK as first adopted.
     pub adopt: Option<crate::adopt::AdoptState>,
+    /// Each listener's accept-queue watch (stuck or not, and the checks so far).
+    pub queues: Vec<handoff_core::accepting::QueueWatch>,
 }
 
 /// One generation's notify socket.

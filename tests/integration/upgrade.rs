@@ -345,3 +345,29 @@ fn a_server_that_binds_its_own_port_keeps_bind_adoption_across_an_upgrade() {
     h.signal(libc::SIGTERM);
     assert_eq!(h.wait_exit(WAIT), 0, "{}", h.raw_log());
 }
+
+#[test]
+fn a_stuck_accept_queue_stays_stuck_across_an_upgrade_and_is_not_reported_again() {
+    // The child ignores fd 3: connections wait in the queue and nobody accepts them.
+    let h = handoff()
+        .args(["--listen", "127.0.0.1:0", "--ready-after", "100ms", "--"])
+        .args(["python3", "-c", "import time; time.sleep(120)"])
+        .start();
+    h.ready(1);
+    let addr = h.addr(0);
+    let _waiting: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+        .collect();
+    h.wait_event("accept_queue_stuck", Duration::from_secs(20), |v| {
+        v["event"] == "accept_queue_stuck"
+    });
+    let new = copy_of_handoff(h.dir.path(), "new");
+    let (code, out, err) = h.cmd(&["upgrade", "--binary", new.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{out}{err}");
+    let st = status(&h);
+    assert_eq!(st["listeners"][0]["stuck"], true, "{st}");
+    // Some checks of the new image's queue watch (one a second) pass: still one report.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(h.events("accept_queue_stuck").len(), 1, "{}", h.raw_log());
+    assert_eq!(status(&h)["listeners"][0]["stuck"], true);
+}
