@@ -7,15 +7,23 @@
 //! `adopt_options_lost`, `adopt_listen` (listen() answered without changing the backlog),
 //! `adopt_shutdown` (shutdown() of a held socket swallowed), `adopt_error`,
 //! `adopt_unavailable` (once per generation where the filter could not be installed).
+//!
+//! Across `handoff upgrade`: each generation's notification fd is kept twice, once by its
+//! watch's thread and once here (a duplicate), so that the state document can name it. Before
+//! the exec every watch is stopped and joined ([`Adoption::suspend`]): no notification is left
+//! received but unanswered (the kernel would keep that bind blocked for good). A bind made
+//! meanwhile waits in the kernel until the new image's watch, started by
+//! [`Adoption::import`], receives it. If the exec fails, [`Adoption::unsuspend`] restarts them.
 
 use std::collections::HashMap;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use handoff_core::supervisor::{GenId, Pid};
 use handoff_sys::adopt::{self, HeldSet, HeldSocket, NonBlockPolicy, Notice, ParentSide, Watch};
 use handoff_sys::listeners::{Kind, Listener};
 use handoff_sys::spawn::SpawnPlan;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
@@ -26,7 +34,29 @@ pub struct Adoption {
     held: HeldSet,
     nonblock: NonBlockPolicy,
     watches: HashMap<GenId, Watch>,
+    /// Each watched generation's notification fd (a duplicate of the watch's): what an
+    /// upgrade hands over, and what a watch is started again from.
+    notify: HashMap<GenId, OwnedFd>,
     adopted: Table,
+}
+
+/// What crosses `handoff upgrade` (a part of the state document, `adopt`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdoptState {
+    /// Generations being answered, each with its seccomp notification fd.
+    pub generations: Vec<AdoptGen>,
+    /// Each listener's O_NONBLOCK as its first adopter set it (by index).
+    pub nonblock: Vec<Option<bool>>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdoptGen {
+    pub gen: GenId,
+    pub fd: i32,
+    /// What it adopted so far (as `status` shows it).
+    pub adopted: Vec<Value>,
 }
 
 impl Adoption {
@@ -37,8 +67,81 @@ impl Adoption {
             held: HeldSet::default(),
             nonblock: NonBlockPolicy::default(),
             watches: HashMap::new(),
+            notify: HashMap::new(),
             adopted: Table::default(),
         })
+    }
+
+    /// What an upgrade carries (see the module documentation); the fds stay open here.
+    pub fn export(&self) -> AdoptState {
+        let table = self.adopted.lock().unwrap_or_else(|e| e.into_inner());
+        let mut generations: Vec<AdoptGen> = self
+            .notify
+            .iter()
+            .map(|(&gen, fd)| AdoptGen {
+                gen,
+                fd: fd.as_raw_fd(),
+                adopted: table.get(&gen).cloned().unwrap_or_default(),
+            })
+            .collect();
+        generations.sort_by_key(|g| g.gen);
+        AdoptState {
+            generations,
+            nonblock: self.nonblock.export(),
+        }
+    }
+
+    /// In the image started by an upgrade: take back each generation's notification fd and
+    /// answer it again.
+    pub fn import(st: AdoptState, listeners: &[Listener]) -> Result<Self, String> {
+        let mut a = Self {
+            held: HeldSet::default(),
+            nonblock: NonBlockPolicy::import(st.nonblock),
+            watches: HashMap::new(),
+            notify: HashMap::new(),
+            adopted: Table::default(),
+        };
+        a.listeners_changed(listeners);
+        for g in st.generations {
+            let what = format!("seccomp notification (generation {})", g.gen);
+            let fd = handoff_sys::upgrade::take_fd(g.fd, &what).map_err(|e| e.to_string())?;
+            // What the fd is: a number reused by something else is refused.
+            let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if !link.contains("seccomp") {
+                return Err(format!("the {what} fd {} is {link:?}", g.fd));
+            }
+            a.adopted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(g.gen, g.adopted);
+            a.watch(g.gen, None, fd);
+        }
+        Ok(a)
+    }
+
+    /// Before the exec of an upgrade: stop answering (each watch's thread finishes the
+    /// notification in hand and is joined). The fds stay open.
+    pub fn suspend(&mut self) {
+        self.watches.clear();
+    }
+
+    /// The exec failed: answer again.
+    pub fn unsuspend(&mut self) {
+        let gens: Vec<GenId> = self.notify.keys().copied().collect();
+        for gen in gens {
+            if self.watches.contains_key(&gen) {
+                continue;
+            }
+            match self.notify.get(&gen).map(OwnedFd::try_clone) {
+                Some(Ok(fd)) => self.start_watch(gen, None, fd),
+                Some(Err(e)) => warn!(event = "adopt_error", gen, error = %e,
+                    msg = "cannot answer the generation's binds again",
+                    "cannot answer generation {gen}'s binds again: {e}"),
+                None => {}
+            }
+        }
     }
 
     /// Add the filter to a child's spawn plan; the returned side receives its fd.
@@ -66,15 +169,32 @@ impl Adoption {
         };
         // Listeners may have been re-created since the last spawn.
         self.listeners_changed(listeners);
-        let table = self.adopted.clone();
-        table
+        self.adopted
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(gen, Vec::new());
+        self.watch(gen, Some(pid), installed.notify);
+    }
+
+    /// Answer `notify` for `gen`, keeping a duplicate of it for an upgrade.
+    fn watch(&mut self, gen: GenId, pid: Option<Pid>, notify: OwnedFd) {
+        match notify.try_clone() {
+            Ok(keep) => {
+                self.notify.insert(gen, keep);
+            }
+            Err(e) => warn!(event = "adopt_error", gen, error = %e,
+                msg = "cannot keep the generation's notification fd: after handoff upgrade its binds fail with ENOSYS",
+                "cannot keep generation {gen}'s seccomp notification fd: {e}; after a handoff upgrade its bind(), listen() and shutdown() calls will fail with ENOSYS"),
+        }
+        self.start_watch(gen, pid, notify);
+    }
+
+    fn start_watch(&mut self, gen: GenId, pid: Option<Pid>, notify: OwnedFd) {
+        let table = self.adopted.clone();
         let tell = move |n: Notice| log(gen, &n, &table);
         match Watch::start(
             format!("adopt-{gen}"),
-            installed.notify,
+            notify,
             self.held.clone(),
             self.nonblock.clone(),
             tell,
@@ -103,6 +223,7 @@ impl Adoption {
     /// The generation is gone (its leftovers killed): stop answering, close its fd.
     pub fn retire(&mut self, gen: GenId) {
         self.watches.remove(&gen);
+        self.notify.remove(&gen);
         self.adopted
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -97,6 +97,29 @@ pub enum Sub {
         #[arg(long, value_name = "DIR", conflicts_with = "page")]
         dir: Option<PathBuf>,
     },
+    /// Replace the running handoff by a new handoff binary under the same pid, children,
+    /// sockets and generations untouched, and wait: exit 0 once the new image serves the
+    /// control socket with the same generations, 1 (and the old image keeps running) if the
+    /// binary is missing, not executable, fails its check or crashes at start.
+    Upgrade {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The handoff binary to run [default: the path the running handoff was started
+        /// from, which a package upgrade has replaced]
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// Give up waiting after this long.
+        #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// What `handoff upgrade` asks a candidate binary before it execs it: print the state
+    /// versions this binary reads and its version, and exit 0 if it can take over the state
+    /// document on stdin (version N).
+    #[command(hide = true)]
+    CheckUpgrade {
+        #[arg(long, value_name = "N")]
+        state_version: u32,
+    },
     /// Stop the running handoff gracefully and wait until it has exited.
     Stop {
         #[command(flatten)]
@@ -177,6 +200,14 @@ pub struct RunArgs {
     /// What to do when the serving child dies on its own.
     #[arg(long, value_enum, default_value_t = Restart::Always)]
     pub restart: Restart,
+
+    /// Put the listeners handoff binds (those with a NAME=) in systemd's file-descriptor
+    /// store, so that they outlive handoff: a restart or a crash of handoff refuses no
+    /// connection. auto: when systemd says there is a store (FDSTORE=, systemd 254 and
+    /// later); always: whenever there is a NOTIFY_SOCKET (the unit must set
+    /// FileDescriptorStoreMax=; systemd 252 does not say); never.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = FdStore::Auto)]
+    pub fd_store: FdStore,
 
     /// Log format on stderr: logfmt lines, or one JSON object per line. Under systemd each
     /// line starts with its journald priority (<3>..<7>) and has no timestamp.
@@ -279,6 +310,17 @@ pub enum Restart {
     /// Start a new generation, with exponential back-off (100 ms doubling up to 10 s).
     Always,
     /// Exit with the child's exit status.
+    Never,
+}
+
+/// `--fd-store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FdStore {
+    /// When the service manager announces a store (`FDSTORE=N`, systemd 254 and later).
+    Auto,
+    /// Whenever there is a service manager (`NOTIFY_SOCKET`).
+    Always,
+    /// Never.
     Never,
 }
 

@@ -58,6 +58,10 @@ pub struct Request {
     /// For `stop`: kill every generation now instead of letting them drain.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
+    /// For `upgrade`: the handoff binary to exec (absolute); by default the one handoff was
+    /// started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -72,6 +76,8 @@ pub enum Command {
     Restart,
     Status,
     Stop,
+    /// Exec a new handoff binary under the same pid, children untouched (`handoff upgrade`).
+    Upgrade,
 }
 
 /// Parse one request line; the error is the reply's text.
@@ -100,6 +106,10 @@ pub fn error_reply(msg: &str) -> String {
 pub struct Incoming {
     pub req: Request,
     pub reply: mpsc::UnboundedSender<String>,
+    /// A duplicate of the connection's fd: `handoff upgrade` carries it across the exec, so
+    /// that the new image answers a request the old one could not (the upgrade itself, a
+    /// `reload` waiting for its outcome, a `stop` waiting for the exit).
+    pub conn: Option<std::os::fd::OwnedFd>,
 }
 
 /// The address a `--pid-file` client derives from the pid.
@@ -312,7 +322,16 @@ async fn connection(
                 Err(e) => Some(error_reply(&e)),
                 Ok(req) => {
                     let (otx, mut orx) = mpsc::unbounded_channel();
-                    if tx.send(Incoming { req, reply: otx }).is_err() {
+                    // Once there is a request to answer (not for idle connections).
+                    let conn = std::os::fd::AsFd::as_fd(AsRef::<UnixStream>::as_ref(&wr))
+                        .try_clone_to_owned()
+                        .ok();
+                    let inc = Incoming {
+                        req,
+                        reply: otx,
+                        conn,
+                    };
+                    if tx.send(inc).is_err() {
                         Some(error_reply("handoff is exiting"))
                     } else {
                         // Every answer line until the event loop is done with the request
@@ -330,6 +349,41 @@ async fn connection(
     };
     if let Some(r) = reply {
         let _ = wr.write_all(format!("{r}\n").as_bytes()).await;
+    }
+}
+
+/// Answer lines for a connection an earlier image of this process accepted (`handoff
+/// upgrade` carried its fd across the exec): each line sent is written to it; it is closed
+/// once the sender is dropped. Holds `alive` until then, as a connection task does.
+pub fn resume(fd: std::os::fd::OwnedFd, alive: mpsc::Sender<()>) -> mpsc::UnboundedSender<String> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let _alive = alive;
+        let std = StdStream::from(fd);
+        if std.set_nonblocking(true).is_err() {
+            return;
+        }
+        let Ok(mut stream) = UnixStream::from_std(std) else {
+            return;
+        };
+        while let Some(r) = rx.recv().await {
+            if stream.write_all(format!("{r}\n").as_bytes()).await.is_err() {
+                break;
+            }
+        }
+    });
+    tx
+}
+
+impl SocketFile {
+    /// Its path and inode, for `handoff upgrade` to carry.
+    pub fn export(&self) -> (PathBuf, u64) {
+        (self.path.clone(), self.ino)
+    }
+
+    /// The control socket file an earlier image of this process created.
+    pub fn adopt(path: PathBuf, ino: u64) -> Self {
+        Self { path, ino }
     }
 }
 

@@ -17,9 +17,9 @@
 
 use std::collections::HashMap;
 use std::future::poll_fn;
-use std::os::fd::{AsFd, BorrowedFd};
-use std::path::PathBuf;
-use std::time::Instant;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use handoff_core::accepting::{self as acc, ListenerWait, QueueChange, QueueWatch};
 use handoff_core::child_env::{self, Env, ListenerEnv};
@@ -32,6 +32,7 @@ use handoff_sys::cgroup::{GenCgroup, Generations};
 use handoff_sys::listeners::{Kind, Listener};
 use handoff_sys::notify_socket::{NotifySocket, RuntimeDir};
 use handoff_sys::spawn::{self, Creds};
+use handoff_sys::upgrade::Check;
 use handoff_sys::{kill, reaper};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
@@ -40,6 +41,7 @@ use crate::control::{self, Command, Incoming};
 use crate::intake::{Datagram, Intake};
 use crate::sdnotify::SdNotify;
 use crate::signals::{self, Signals};
+use crate::upgrade::{self, CgroupsState, State};
 use crate::watch::Watcher;
 use crate::{logging, pidfile, status};
 
@@ -95,6 +97,23 @@ enum Input {
     Scrape(crate::metrics::Scrape),
 }
 
+/// What an earlier image handed over (`handoff upgrade`), beyond the state machine and
+/// what `Driver::new` takes.
+pub struct Resumed {
+    /// `handoff --version` of the image that exported the state.
+    pub from: String,
+    pub started: Instant,
+    pub probes: HashMap<Pid, GenId>,
+    /// Control connections still owed an answer.
+    pub requests: Vec<(RequestId, OwnedFd)>,
+    pub next_request: RequestId,
+    pub notify: Vec<(GenId, NotifySocket, Pid)>,
+    pub cgroup_of: HashMap<GenId, GenCgroup>,
+    pub retiring: Vec<GenCgroup>,
+    pub metrics: Option<crate::metrics::Counters>,
+    pub queues: Vec<QueueWatch>,
+}
+
 pub struct Driver {
     sup: Supervisor,
     listeners: Vec<Listener>,
@@ -104,9 +123,24 @@ pub struct Driver {
     services: Services,
     /// Running `--ready-probe` processes: pid → generation.
     probes: HashMap<Pid, GenId>,
-    /// Control requests waiting for an answer.
-    requests: HashMap<RequestId, mpsc::UnboundedSender<String>>,
+    /// Control requests waiting for an answer, with a duplicate of their connection's fd (an
+    /// upgrade carries it across the exec).
+    requests: HashMap<RequestId, (mpsc::UnboundedSender<String>, Option<OwnedFd>)>,
     next_request: RequestId,
+    /// The binary `handoff upgrade` execs by default: the path this image was started from.
+    binary: PathBuf,
+    /// The server's program, resolved once.
+    program: PathBuf,
+    /// The candidate binary of an upgrade, running its check.
+    check: Option<(Check, PathBuf)>,
+    /// Set by `Action::CheckUpgrade` / `Action::Exec`: done once the action queue is empty.
+    want_check: Option<PathBuf>,
+    want_exec: Option<PathBuf>,
+    /// The fds of the control and metrics listeners (owned by their tasks), for an upgrade.
+    control_fds: Vec<RawFd>,
+    metrics_fd: Option<RawFd>,
+    /// Set in an image started by an upgrade, until `run` takes it.
+    resumed: Option<Resumed>,
     metrics: Option<crate::metrics::Metrics>,
     /// Each live generation's cgroup (with `Services::cgroups`).
     cgroup_of: HashMap<GenId, GenCgroup>,
@@ -135,6 +169,7 @@ impl Driver {
         runtime_dir: RuntimeDir,
         services: Services,
     ) -> Self {
+        let program = child.program.clone();
         Self {
             sup,
             listeners,
@@ -145,6 +180,14 @@ impl Driver {
             probes: HashMap::new(),
             requests: HashMap::new(),
             next_request: 1,
+            binary: handoff_sys::upgrade::self_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
+            program,
+            check: None,
+            want_check: None,
+            want_exec: None,
+            control_fds: Vec::new(),
+            metrics_fd: None,
+            resumed: None,
             metrics: None,
             cgroup_of: HashMap::new(),
             retiring: Vec::new(),
@@ -155,22 +198,66 @@ impl Driver {
         }
     }
 
+    /// Carry on from what an earlier image handed over (`handoff upgrade`); `binary` is the
+    /// one it exec'd.
+    pub fn resume(mut self, r: Resumed, binary: PathBuf, program: PathBuf) -> Self {
+        self.binary = binary;
+        self.program = program.clone();
+        self.child.program = program;
+        self.started = r.started;
+        self.probes = r.probes.clone();
+        self.next_request = r.next_request;
+        self.queues = r.queues.clone();
+        self.resumed = Some(r);
+        self
+    }
+
     /// Run until the state machine says to exit; returns the exit code.
     pub async fn run(mut self, mut signals: Signals) -> i32 {
         let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<Incoming>();
         // Never sent on: closed once every connection task has ended.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-        let servers: Vec<_> = std::mem::take(&mut self.services.control.listeners)
+        let control = std::mem::take(&mut self.services.control.listeners);
+        self.control_fds = control.iter().map(|l| l.as_raw_fd()).collect();
+        let servers: Vec<_> = control
             .into_iter()
             .map(|l| tokio::spawn(control::serve(l, ctl_tx.clone(), alive_tx.clone())))
             .collect();
+        let mut resumed = self.resumed.take();
+        if let Some(r) = resumed.as_mut() {
+            for (request, fd) in std::mem::take(&mut r.requests) {
+                let tx = control::resume(fd, alive_tx.clone());
+                self.requests.insert(request, (tx, None));
+            }
+            for (gen, sock, leader) in std::mem::take(&mut r.notify) {
+                if let Err(e) = self.intake.add(gen, sock, leader) {
+                    warn!("cannot watch the notify socket of generation {gen}: {e}");
+                }
+            }
+            self.cgroup_of = std::mem::take(&mut r.cgroup_of);
+            self.retiring = std::mem::take(&mut r.retiring);
+        }
         drop((ctl_tx, alive_tx));
         let mut scrapes = self.services.metrics.take().map(|(m, l)| {
+            let m = match resumed.as_ref().and_then(|r| r.metrics.as_ref()) {
+                Some(c) => crate::metrics::Metrics::import(c),
+                None => m,
+            };
             self.metrics = Some(m);
+            self.metrics_fd = Some(l.as_raw_fd());
             let (tx, rx) = mpsc::channel(8);
             tokio::spawn(crate::metrics::serve(l, tx));
             rx
         });
+        if let Some(r) = resumed {
+            // The new image serves: say so (this answers the upgrade request), then collect
+            // what exited while the exec was under way.
+            self.handle(Event::Upgraded {
+                from: r.from,
+                to: crate::VERSION.to_string(),
+            });
+            self.reap();
+        }
         let changed = self.services.watcher.as_ref().map(|w| w.changed.clone());
         // The watchdog is fed from this loop: if the loop stalls, systemd notices.
         let mut watchdog = self
@@ -188,6 +275,14 @@ impl Driver {
         let mut armed: Option<Instant> = None;
         loop {
             self.perform_all();
+            if let Some(binary) = self.want_check.take() {
+                self.start_check(binary);
+                continue;
+            }
+            if let Some(binary) = self.want_exec.take() {
+                self.exec(binary, &mut signals, &mut ctl_rx).await;
+                continue;
+            }
             if let Some(code) = self.exit {
                 self.cleanup(code);
                 // Let the connections write their last answers (a `stop` client waits for
@@ -277,10 +372,10 @@ impl Driver {
     }
 
     fn control(&mut self, inc: Incoming) {
-        let Incoming { req, reply } = inc;
+        let Incoming { req, reply, conn } = inc;
         let request = self.next_request;
         self.next_request += 1;
-        self.requests.insert(request, reply);
+        self.requests.insert(request, (reply, conn));
         let ev = match req.cmd {
             Command::Status => Event::Status { request },
             Command::Stop => Event::Shutdown {
@@ -295,6 +390,10 @@ impl Driver {
                     ReplyTo::Now(request)
                 },
                 restart: req.cmd == Command::Restart,
+            },
+            Command::Upgrade => Event::Upgrade {
+                request,
+                binary: req.binary.unwrap_or_else(|| self.binary.clone()),
             },
         };
         self.handle(ev);
@@ -316,6 +415,15 @@ impl Driver {
                     gen,
                     ok: status == ExitStatus::Exited(0),
                 },
+                None if self.check.as_ref().is_some_and(|(c, _)| c.pid == pid) => {
+                    let Some((mut c, binary)) = self.check.take() else {
+                        continue;
+                    };
+                    let (out, err) = c.output();
+                    Event::UpgradeChecked {
+                        result: upgrade::check_result(&binary, status, &out, &err),
+                    }
+                }
                 None => Event::Exited { pid, status },
             };
             self.handle(ev);
@@ -401,13 +509,14 @@ impl Driver {
                 self.handle(Event::ListenersRestored { count });
             }
             Action::CloseListeners => {
-                for l in self.listeners.iter().filter(|l| !l.inherited) {
+                for l in self.listeners.iter().filter(|l| !l.kept_by_manager()) {
                     if let Some(f) = &l.unix_file {
                         f.remove();
                     }
                 }
-                // Dropping closes handoff's copy; the draining generations hold theirs.
-                self.listeners.retain(|l| l.inherited);
+                // Dropping closes handoff's copy; the draining generations hold theirs. The
+                // service manager keeps its own (socket unit, fd store) for the next start.
+                self.listeners.retain(|l| l.kept_by_manager());
                 if let Some(a) = &self.services.adopt {
                     a.listeners_changed(&self.listeners);
                 }
@@ -459,9 +568,9 @@ impl Driver {
                     v
                 });
                 let tx = if outcome.is_final() {
-                    self.requests.remove(&request)
+                    self.requests.remove(&request).map(|(tx, _)| tx)
                 } else {
-                    self.requests.get(&request).cloned()
+                    self.requests.get(&request).map(|(tx, _)| tx.clone())
                 };
                 if let Some(tx) = tx {
                     let _ = tx.send(line);
@@ -474,7 +583,182 @@ impl Driver {
                 logging::report(&r);
             }
             Action::Exit(code) => self.exit = Some(code),
+            Action::CheckUpgrade { binary } => self.want_check = Some(binary),
+            Action::StopUpgradeCheck => {
+                // Not yet reaped (the reaper takes it out of `check`): safe to signal.
+                if let Some((c, _)) = &self.check {
+                    let _ = kill::signal_group(c.pid, Signal::KILL);
+                }
+            }
+            Action::Exec { binary } => self.want_exec = Some(binary),
         }
+    }
+
+    /// Run the candidate binary of an upgrade with the state it would get, to check it
+    /// can take over; the reaper turns its exit into `UpgradeChecked`.
+    fn start_check(&mut self, binary: PathBuf) {
+        let res = self.export_state(&binary).and_then(|st| {
+            let doc = upgrade::write(&st)?;
+            let v = upgrade::STATE_VERSION.to_string();
+            let args = ["check-upgrade", "--state-version", v.as_str()];
+            handoff_sys::upgrade::spawn_check(&binary, &args, doc.as_fd(), &upgrade::CHECK_DROP_ENV)
+                .map_err(|e| format!("cannot execute {}: {e}", binary.display()))
+        });
+        match res {
+            Ok(c) => self.check = Some((c, binary)),
+            Err(e) => self.handle(Event::UpgradeChecked { result: Err(e) }),
+        }
+    }
+
+    /// The upgrade's point of no return: exec `binary` under this pid with the state. If
+    /// the exec returns, this image carries on and the upgrade failed.
+    async fn exec(
+        &mut self,
+        binary: PathBuf,
+        signals: &mut Signals,
+        ctl_rx: &mut mpsc::UnboundedReceiver<Incoming>,
+    ) {
+        // From here, a signal waits (pending) for whichever image handles it next.
+        if let Err(e) = handoff_sys::upgrade::block_signals() {
+            let error = format!("cannot block signals for the exec: {e}");
+            self.handle(Event::ExecFailed { error });
+            return;
+        }
+        // What this image received but has not handled yet would be lost with it: signals
+        // already taken by the handler, requests already read. Handle them first (one may be
+        // a shutdown, which calls the upgrade off).
+        loop {
+            tokio::task::yield_now().await; // lets the runtime read its signal pipe
+            let mut more = false;
+            while let Ok(s) = tokio::time::timeout(Duration::ZERO, signals.recv()).await {
+                self.dispatch(Input::Signal(s));
+                more = true;
+            }
+            while let Ok(inc) = ctl_rx.try_recv() {
+                self.dispatch(Input::Control(inc));
+                more = true;
+            }
+            self.perform_all();
+            if !more {
+                break;
+            }
+        }
+        self.want_check = None; // refused while an upgrade is in progress anyway
+        if !self.sup.exec_pending() {
+            handoff_sys::upgrade::unblock_signals();
+            return;
+        }
+        // No bind may be left received and unanswered by a thread the exec ends: stop the
+        // adoption watches (their fds stay open and cross the exec).
+        if let Some(a) = &mut self.services.adopt {
+            a.suspend();
+        }
+        let error = match self.export_state(&binary).and_then(|st| {
+            let doc = upgrade::write(&st)?;
+            let mut fds = st.fds.clone();
+            fds.push(doc.as_raw_fd());
+            Ok((doc, fds))
+        }) {
+            Ok((doc, fds)) => match upgrade::set_cloexec(&fds, false) {
+                Ok(()) => {
+                    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+                    let env = upgrade::exec_env(doc.as_raw_fd());
+                    let e = handoff_sys::upgrade::exec(&binary, &args, &env);
+                    // Still here: the exec failed and this image is intact.
+                    let _ = upgrade::set_cloexec(&fds, true);
+                    format!("cannot execute {}: {e}", binary.display())
+                }
+                Err(e) => {
+                    let _ = upgrade::set_cloexec(&fds, true);
+                    format!("cannot pass the state on: {e}")
+                }
+            },
+            Err(e) => e,
+        };
+        if let Some(a) = &mut self.services.adopt {
+            a.unsuspend();
+        }
+        handoff_sys::upgrade::unblock_signals();
+        self.handle(Event::ExecFailed { error });
+    }
+
+    /// The state document for an exec of `binary` now (see `upgrade`).
+    fn export_state(&self, binary: &Path) -> Result<State, String> {
+        let now = Instant::now();
+        let exported_at_ns = handoff_sys::upgrade::monotonic_ns();
+        let rel = |t: Instant| -> i64 {
+            i64::try_from(now.saturating_duration_since(t).as_nanos()).map_or(i64::MIN, |n| -n)
+        };
+        let listeners: Vec<_> = self.listeners.iter().map(|l| l.export()).collect();
+        let notify = self.intake.export();
+        let cgroups = self.services.cgroups.as_ref().map(|g| CgroupsState {
+            generations: g.export(),
+            live: {
+                let mut v: Vec<_> = self
+                    .cgroup_of
+                    .iter()
+                    .map(|(gen, cg)| (*gen, cg.name().to_string()))
+                    .collect();
+                v.sort();
+                v
+            },
+            retiring: self.retiring.iter().map(|c| c.name().to_string()).collect(),
+        });
+        let mut requests: Vec<(RequestId, i32)> = self
+            .requests
+            .iter()
+            .filter_map(|(r, (_, fd))| Some((*r, fd.as_ref()?.as_raw_fd())))
+            .collect();
+        requests.sort();
+        let runtime_dir = (
+            self.runtime_dir.path().to_path_buf(),
+            self.runtime_dir.lock_fd(),
+        );
+        let metrics = match (&self.metrics, self.metrics_fd) {
+            (Some(m), Some(fd)) => Some((fd, m.export())),
+            _ => None,
+        };
+        let mut fds: Vec<i32> = listeners.iter().map(|l| l.fd).collect();
+        fds.push(runtime_dir.1);
+        fds.extend(notify.iter().map(|n| n.fd));
+        fds.extend(&self.control_fds);
+        fds.extend(metrics.as_ref().map(|m| m.0));
+        fds.extend(requests.iter().map(|r| r.1));
+        let adopt = self.services.adopt.as_ref().map(|a| a.export());
+        fds.extend(
+            adopt
+                .iter()
+                .flat_map(|a| a.generations.iter().map(|g| g.fd)),
+        );
+        let mut probes: Vec<_> = self.probes.iter().map(|(p, g)| (*p, *g)).collect();
+        probes.sort();
+        Ok(State {
+            handoff_state: upgrade::STATE_VERSION,
+            written_by: crate::VERSION.to_string(),
+            exported_at_ns,
+            binary: binary.to_path_buf(),
+            program: self.program.clone(),
+            started: rel(self.started),
+            fds,
+            supervisor: self.sup.export(now),
+            listeners,
+            runtime_dir,
+            notify,
+            control: self.control_fds.clone(),
+            control_file: self.services.control.file.as_ref().map(|f| f.export()),
+            pid_file: self
+                .services
+                .pid_file
+                .as_ref()
+                .map(|p| p.path().to_path_buf()),
+            metrics,
+            cgroups,
+            probes,
+            requests,
+            next_request: self.next_request,
+            adopt,
+            queues: self.queues.clone(),
+        })
     }
 
     fn spawn(&mut self, gen: GenId) -> Result<Pid, String> {
@@ -564,6 +848,7 @@ impl Driver {
                 Ok(()) => {
                     warn!(event = "listener_restored", gen, index = i, addr = %l.local, msg = "listener stopped listening (a process called shutdown() on it); re-created it",
                         "listener {} stopped listening after generation {gen} exited (a process called shutdown() on it); re-created it", l.local);
+                    restore_in_store(self.services.manager.as_ref(), l);
                     restored += 1;
                 }
                 Err(e) => {
@@ -592,7 +877,8 @@ impl Driver {
             match l.restore() {
                 Ok(()) => {
                     warn!(event = "listener_restored", gen, index = i, addr = %l.local, msg = "socket file deleted or replaced; bound it again",
-                    "the socket file of {} was deleted or replaced; bound it again for generation {gen}", l.local)
+                    "the socket file of {} was deleted or replaced; bound it again for generation {gen}", l.local);
+                    restore_in_store(self.services.manager.as_ref(), l);
                 }
                 Err(e) => {
                     error!(event = "listener_broken", gen, index = i, addr = %l.local, error = %e, msg = "socket file deleted or replaced and cannot be bound again",
@@ -764,7 +1050,7 @@ impl Driver {
         self.services.adopt = None;
         self.services.pid_file = None;
         self.services.control.file = None;
-        for l in &self.listeners {
+        for l in self.listeners.iter().filter(|l| !l.kept_by_manager()) {
             if let Some(f) = &l.unix_file {
                 f.remove();
             }
@@ -802,6 +1088,20 @@ impl Driver {
             reaper::reap_remaining(std::time::Duration::from_secs(2));
         }
         info!(event = "exit", code, "handoff exiting");
+    }
+}
+
+/// A stored listener was re-created: the store must hold the new socket, not the dead one.
+fn restore_in_store(manager: Option<&SdNotify>, l: &Listener) {
+    let Some(m) = manager.filter(|_| l.stored) else {
+        return;
+    };
+    if let Err(e) = m
+        .remove_fd(&l.name)
+        .and_then(|()| m.store_fd(&l.name, l.as_fd()))
+    {
+        warn!(event = "fd_store_error", name = %l.name, error = %e, msg = "cannot put the listener in the service manager's fd store",
+            "cannot put listener {} in the service manager's fd store: {e}", l.name);
     }
 }
 

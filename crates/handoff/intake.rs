@@ -62,6 +62,22 @@ impl Intake {
         self.socks.clear();
     }
 
+    /// Every socket, for `handoff upgrade`: generation, fd, path, main process.
+    pub fn export(&self) -> Vec<crate::upgrade::NotifyState> {
+        let mut v: Vec<_> = self
+            .socks
+            .iter()
+            .map(|(&gen, e)| crate::upgrade::NotifyState {
+                gen,
+                fd: std::os::fd::AsRawFd::as_raw_fd(e.sock.get_ref()),
+                path: e.sock.get_ref().path().to_path_buf(),
+                leader: e.leader,
+            })
+            .collect();
+        v.sort_by_key(|n| n.gen);
+        v
+    }
+
     /// Wait until some socket is readable; return at most [`BATCH`] datagrams per socket, so
     /// that a flooding child delays neither the other generations' sockets nor the other
     /// inputs of the event loop.

@@ -606,6 +606,35 @@ pub fn report(r: &Report) {
             msg = "generation did not die after SIGKILL; giving up on it",
             "generation {gen} (pid {pid}) did not die after SIGKILL; giving up on it"
         ),
+        Report::UpgradeRequested { binary } => info!(
+            event = "upgrade_requested",
+            binary = %binary.display(),
+            msg = "upgrade requested: checking the new binary",
+            "upgrade to {} requested: checking it",
+            binary.display()
+        ),
+        Report::Exec { binary, version } => info!(
+            event = "upgrade_exec",
+            binary = %binary.display(),
+            version = %version,
+            msg = "the new binary passed its check; executing it under the same pid",
+            "{} (handoff {version}) passed its check; executing it under the same pid",
+            binary.display()
+        ),
+        Report::UpgradeFailed { error } => error!(
+            event = "upgrade_failed",
+            error = %error,
+            msg = "upgrade failed; this handoff keeps running",
+            "upgrade failed: {error}; this handoff keeps running"
+        ),
+        Report::Upgraded { from, to, count } => info!(
+            event = "upgraded",
+            from = %from,
+            to = %to,
+            count,
+            msg = "upgraded: this image took over every generation",
+            "upgraded from handoff {from} to {to}: every generation taken over"
+        ),
     }
 }
 
@@ -957,6 +986,21 @@ mod tests {
                 forced: true,
             },
             Report::Unkillable { gen: 12, pid: 4242 },
+            Report::UpgradeRequested {
+                binary: "/usr/bin/handoff".into(),
+            },
+            Report::Exec {
+                binary: "/usr/bin/handoff".into(),
+                version: "0.2.0".into(),
+            },
+            Report::UpgradeFailed {
+                error: "cannot execute".into(),
+            },
+            Report::Upgraded {
+                from: "0.1.0".into(),
+                to: "0.2.0".into(),
+                count: 12,
+            },
         ];
         for r in &reports {
             let line = text_of(r);

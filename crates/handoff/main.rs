@@ -13,6 +13,7 @@ mod pidfile;
 mod sdnotify;
 mod signals;
 mod status;
+mod upgrade;
 mod watch;
 
 use std::process::ExitCode;
@@ -48,13 +49,25 @@ fn main() -> ExitCode {
     errors::exit(match cli.sub {
         Some(sub) => client(sub),
         None => {
+            // After `handoff upgrade`: the state the previous image passed (its fds are
+            // named in it; the socket-activation variables were dropped for the exec).
+            let resumed = upgrade::take_state();
             // Sockets from a systemd socket unit must be taken before anything else opens fds.
-            let inherited = listeners::take_inherited();
+            let inherited = match resumed {
+                Some(_) => Vec::new(),
+                None => listeners::take_inherited(),
+            };
             // Nothing handoff inherited (a CI runner's pipe, a shell's fd) may leak into
-            // children: mark it all close-on-exec.
+            // children: mark it all close-on-exec (also what an upgrade passed on).
             handoff_sys::cloexec_inherited(&[]);
             logging::init(cli.run.log_format, cli.run.log_level);
-            run(cli.run, inherited)
+            match resumed {
+                Some(Err(e)) => Err(Error::Start(format!(
+                    "cannot take over after an upgrade: {e}"
+                ))),
+                Some(Ok(st)) => run(cli.run, inherited, Some(st)),
+                None => run(cli.run, inherited, None),
+            }
         }
     })
 }
@@ -159,6 +172,7 @@ fn client(sub: Sub) -> Result<i32, Error> {
         cmd,
         wait,
         force: false,
+        binary: None,
     };
     // Printing the answer is the point of a subcommand, but a closed stdout must not panic.
     let say = |line: &str| {
@@ -247,6 +261,22 @@ fn client(sub: Sub) -> Result<i32, Error> {
                 0
             })
         }
+        Sub::Upgrade {
+            target: t,
+            binary,
+            timeout,
+        } => {
+            let binary = match binary {
+                Some(b) => Some(
+                    std::path::absolute(&b)
+                        .map_err(|e| Error::Usage(format!("--binary {}: {e}", b.display())))?,
+                ),
+                None => None,
+            };
+            let tg = target(t)?;
+            upgrade_client(&tg, binary, timeout)
+        }
+        Sub::CheckUpgrade { state_version } => upgrade::check(state_version),
         Sub::Completions { shell } => {
             use clap::CommandFactory;
             // Into a buffer: clap_complete panics when its writer fails (`| head`).
@@ -318,9 +348,139 @@ fn client(sub: Sub) -> Result<i32, Error> {
     }
 }
 
+/// `handoff upgrade`: ask, then make sure the new image serves with the same pid and the
+/// same generations (its answer says so; a status asked afterwards must agree).
+fn upgrade_client(
+    tg: &control::Target,
+    binary: Option<std::path::PathBuf>,
+    timeout: Duration,
+) -> Result<i32, Error> {
+    use control::{call, Command, Request, VERSION as V};
+    let t0 = Instant::now();
+    let deadline = t0 + timeout;
+    let status = |tg: &control::Target| -> Result<serde_json::Value, String> {
+        let req = Request {
+            v: V,
+            cmd: Command::Status,
+            wait: false,
+            force: false,
+            binary: None,
+        };
+        let (v, _) = call(tg, &req, Some(Duration::from_secs(10)), false)?;
+        if v["ok"] != true {
+            return Err(v["error"].as_str().unwrap_or("status failed").to_string());
+        }
+        Ok(v["status"].clone())
+    };
+    let fail = |why: String| {
+        logging::error_line(&format!("handoff: upgrade failed: {why}"));
+        Ok(exit_code::FAILURE)
+    };
+    let before = status(tg).map_err(Error::Control)?;
+    let req = Request {
+        v: V,
+        cmd: Command::Upgrade,
+        wait: true,
+        force: false,
+        binary,
+    };
+    let answer = call(tg, &req, Some(timeout), false);
+    if let Ok((v, _)) = &answer {
+        if v["ok"] != true {
+            let why = v["error"].as_str().unwrap_or("no reason given");
+            if why.contains("unknown variant `upgrade`") {
+                return fail(format!(
+                    "the running handoff ({}) cannot upgrade itself; restart it instead",
+                    before["version"].as_str().unwrap_or("?")
+                ));
+            }
+            return fail(why.to_string());
+        }
+    }
+    // The new image answered (or the connection went with the old one): check what serves.
+    let same = |after: &serde_json::Value| -> Result<(), String> {
+        if after["pid"] != before["pid"] {
+            return Err(format!(
+                "pid {} answers instead of {}",
+                after["pid"], before["pid"]
+            ));
+        }
+        if after["upgrades"].as_u64() != before["upgrades"].as_u64().map(|n| n + 1) {
+            return Err("the running handoff was not upgraded".into());
+        }
+        let newest = before["generations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g["gen"].as_u64())
+            .max()
+            .unwrap_or(0);
+        for g in after["generations"].as_array().into_iter().flatten() {
+            let was = before["generations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|b| b["gen"] == g["gen"]);
+            match was {
+                Some(b) if b["pid"] != g["pid"] && !b["pid"].is_null() => {
+                    return Err(format!(
+                        "generation {} has pid {} instead of {}",
+                        g["gen"], g["pid"], b["pid"]
+                    ))
+                }
+                None if g["gen"].as_u64().unwrap_or(0) <= newest => {
+                    return Err(format!("generation {} appeared from nowhere", g["gen"]))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    };
+    let mut last_err = match &answer {
+        Err(e) => e.clone(),
+        Ok(_) => String::new(),
+    };
+    loop {
+        match status(tg) {
+            Ok(after) => {
+                return match same(&after) {
+                    Ok(()) => {
+                        let gens: Vec<String> = after["generations"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|g| format!("{} (pid {})", g["gen"], g["pid"]))
+                            .collect();
+                        println!(
+                            "upgraded handoff (pid {}) from {} to {} in {:.0} ms; generations {} carried over",
+                            after["pid"],
+                            before["version"].as_str().unwrap_or("?"),
+                            after["version"].as_str().unwrap_or("?"),
+                            t0.elapsed().as_secs_f64() * 1e3,
+                            if gens.is_empty() { "none".to_string() } else { gens.join(", ") }
+                        );
+                        Ok(0)
+                    }
+                    Err(why) if answer.is_err() => fail(format!("{last_err}; {why}")),
+                    Err(why) => fail(why),
+                };
+            }
+            Err(e) => last_err = e,
+        }
+        if Instant::now() > deadline {
+            return fail(format!("no answer within {timeout:?}: {last_err}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 // ---- running a server -------------------------------------------------------------------
 
-fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i32, Error> {
+fn run(
+    cli: RunArgs,
+    inherited: Vec<(std::os::fd::OwnedFd, String)>,
+    resumed: Option<upgrade::State>,
+) -> Result<i32, Error> {
     // Validate everything before anything starts: nothing half-started on bad input.
     if let Some((i, j)) = handoff_core::listen::find_duplicate(&cli.listen) {
         return Err(Error::Usage(format!(
@@ -330,7 +490,11 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
             j + 1
         )));
     }
-    let program = resolve_program(&cli.command[0]).map_err(Error::Resolve)?;
+    // After an upgrade: the program as resolved at the first start.
+    let program = match &resumed {
+        Some(st) => st.program.clone(),
+        None => resolve_program(&cli.command[0]).map_err(Error::Resolve)?,
+    };
     let somax = listeners::somaxconn();
     let backlog = cli
         .backlog
@@ -362,8 +526,8 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
         None => None,
     };
     let pid_file = match &cli.pid_file {
-        Some(p) => Some(pidfile::PidFile::check(p).map_err(Error::Start)?),
-        None => None,
+        Some(p) if resumed.is_none() => Some(pidfile::PidFile::check(p).map_err(Error::Start)?),
+        _ => None,
     };
     let policy = Policy {
         stop_signal: cli.stop_signal,
@@ -391,7 +555,7 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
             )));
         }
     }
-    for w in &cli.watch {
+    for w in cli.watch.iter().filter(|_| resumed.is_none()) {
         if !w.exists() {
             return Err(Error::Start(format!(
                 "cannot watch {}: no such file or directory",
@@ -419,6 +583,15 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
             .map_err(|e| Error::Start(format!("cannot install signal handlers: {e}")))?;
         handoff_sys::reaper::become_subreaper()
             .map_err(|e| Error::Start(format!("cannot become a child subreaper: {e}")))?;
+        if let Some(st) = resumed {
+            // The handlers exist: what arrived during the exec (held pending) comes now.
+            handoff_sys::upgrade::unblock_signals();
+            handoff_sys::upgrade::set_comm("handoff");
+            return Ok(resume(st, &cli, policy, child, manager)
+                .map_err(|e| Error::Start(format!("cannot take over after an upgrade: {e}")))?
+                .run(signals)
+                .await);
+        }
         // Before binding: a generation a killed handoff left in its cgroup still holds the port.
         let cgroups = if cli.cgroups {
             Some(handoff_sys::cgroup::Generations::setup())
@@ -452,7 +625,8 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
             }
             None => None,
         };
-        let listeners = guard.into_inner();
+        let mut listeners = guard.into_inner();
+        store_listeners(&mut listeners, manager.as_ref(), cli.fd_store);
         let adopt = setup_adopt(cli.adopt, &listeners);
         for (i, l) in listeners.iter().enumerate() {
             let adoptable = adopt.is_some() && l.kind == listeners::Kind::Tcp;
@@ -496,6 +670,184 @@ fn run(cli: RunArgs, inherited: Vec<(std::os::fd::OwnedFd, String)>) -> Result<i
             .run(signals)
             .await)
     })
+}
+
+/// The driver of an image started by `handoff upgrade`: everything the previous image
+/// handed over, taken back by fd or reopened by path; nothing is bound, created or cleaned.
+fn resume(
+    st: upgrade::State,
+    cli: &RunArgs,
+    policy: Policy,
+    child: ChildSpec,
+    manager: Option<sdnotify::SdNotify>,
+) -> Result<Driver, String> {
+    use handoff_sys::notify_socket::NotifySocket;
+    use handoff_sys::upgrade::take_fd;
+    use std::collections::HashMap;
+    // The instant of the export in this image's clock (the exec took some time).
+    let took = handoff_sys::upgrade::monotonic_ns().saturating_sub(st.exported_at_ns);
+    let now = Instant::now();
+    let then = now.checked_sub(Duration::from_nanos(took)).unwrap_or(now);
+    let at = |rel: i64| {
+        let d = Duration::from_nanos(rel.unsigned_abs());
+        if rel >= 0 {
+            then + d
+        } else {
+            then.checked_sub(d).unwrap_or(then)
+        }
+    };
+    let listeners = st
+        .listeners
+        .into_iter()
+        .map(|l| {
+            let what = format!("listener {}", l.local);
+            Listener::adopt(l).map_err(|e| format!("{what}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let dir = RuntimeDir::adopt(st.runtime_dir.0, st.runtime_dir.1)
+        .map_err(|e| format!("runtime directory: {e}"))?;
+    let mut control = driver::ControlSockets::default();
+    for fd in st.control {
+        let fd = take_fd(fd, "control socket").map_err(|e| e.to_string())?;
+        control
+            .listeners
+            .push(std::os::unix::net::UnixListener::from(fd));
+    }
+    control.file = st
+        .control_file
+        .map(|(path, ino)| control::SocketFile::adopt(path, ino));
+    let pid_file = st.pid_file.map(pidfile::Written::adopt);
+    let metrics = match st.metrics {
+        Some((fd, c)) => {
+            let fd = take_fd(fd, "metrics listener").map_err(|e| e.to_string())?;
+            Some((
+                metrics::Metrics::default(),
+                std::net::TcpListener::from(fd),
+                c,
+            ))
+        }
+        None => None,
+    };
+    let notify = st
+        .notify
+        .into_iter()
+        .map(|n| {
+            NotifySocket::adopt(n.path, n.fd)
+                .map(|s| (n.gen, s, n.leader))
+                .map_err(|e| format!("notify socket of generation {}: {e}", n.gen))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let requests = st
+        .requests
+        .into_iter()
+        .filter_map(|(r, fd)| take_fd(fd, "control connection").ok().map(|fd| (r, fd)))
+        .collect();
+    let (cgroups, cgroup_of, retiring) = match st.cgroups {
+        Some(c) => {
+            let g = handoff_sys::cgroup::Generations::reopen(c.generations)?;
+            let mut live = HashMap::new();
+            for (gen, name) in c.live {
+                match g.reopen_gen(&name) {
+                    Ok(cg) => {
+                        live.insert(gen, cg);
+                    }
+                    Err(e) => {
+                        tracing::warn!(event = "cgroup_error", gen, error = %e, msg = "cannot open the generation's cgroup again; tracked by its process group",
+                        "cannot open the cgroup of generation {gen} again: {e}; it is tracked by its process group")
+                    }
+                }
+            }
+            let retiring = c
+                .retiring
+                .iter()
+                .filter_map(|n| g.reopen_gen(n).ok())
+                .collect();
+            (Some(g), live, retiring)
+        }
+        None => (None, HashMap::new(), Vec::new()),
+    };
+    // A watched path that vanished since the first start costs the watch, not the service.
+    let watcher = watch::start(&cli.watch).unwrap_or_else(|e| {
+        tracing::warn!(event = "watch_error", error = %e, msg = "cannot watch after the upgrade", "{e}");
+        None
+    });
+    // Bind adoption: each generation's notification fd, answered again from here.
+    let adopt = st
+        .adopt
+        .map(|a| adopt::Adoption::import(a, &listeners))
+        .transpose()?;
+    let sup = Supervisor::import(policy, st.supervisor, then);
+    let counters = metrics.as_ref().map(|m| m.2.clone());
+    let services = Services {
+        control,
+        pid_file,
+        manager,
+        watcher,
+        probe: cli.ready_probe.clone(),
+        metrics: metrics.map(|(m, l, _)| (m, l)),
+        cgroups,
+        adopt,
+    };
+    let resumed = driver::Resumed {
+        from: st.written_by,
+        started: at(st.started),
+        probes: st.probes.into_iter().collect(),
+        requests,
+        next_request: st.next_request,
+        notify,
+        cgroup_of,
+        retiring,
+        metrics: counters,
+        queues: st.queues,
+    };
+    let program = child.program.clone();
+    Ok(Driver::new(sup, listeners, child, dir, services).resume(resumed, st.binary, program))
+}
+
+/// `--fd-store`: put the listeners handoff bound (with a name: the store gives them back
+/// by name, as `LISTEN_FDNAMES`) in the service manager's file-descriptor store. What it
+/// received (a socket unit's, or the store's after a restart) is the manager's already.
+fn store_listeners(
+    listeners: &mut [Listener],
+    manager: Option<&sdnotify::SdNotify>,
+    when: cli::FdStore,
+) {
+    let Some(m) = manager else { return };
+    let room = match when {
+        cli::FdStore::Never => return,
+        cli::FdStore::Auto => match m.fd_store {
+            Some(n) => n,
+            None => return,
+        },
+        cli::FdStore::Always => m.fd_store.unwrap_or(usize::MAX),
+    };
+    let mut stored = Vec::new();
+    for l in listeners.iter_mut().filter(|l| !l.inherited) {
+        if l.name == "unknown" || l.name.is_empty() {
+            tracing::warn!(event = "fd_store_unnamed", addr = %l.local, msg = "listener not put in the fd store: it has no name (--listen NAME=ADDR)",
+                "listener {} has no name (--listen NAME=ADDR): not put in the fd store, so a restart of handoff closes it", l.local);
+            continue;
+        }
+        if stored.len() >= room {
+            tracing::warn!(event = "fd_store_full", addr = %l.local, msg = "listener not put in the fd store: FileDescriptorStoreMax is too small",
+                "listener {} not put in the fd store: it holds {room} (FileDescriptorStoreMax=)", l.local);
+            continue;
+        }
+        match m.store_fd(&l.name, std::os::fd::AsFd::as_fd(l)) {
+            Ok(()) => {
+                l.stored = true;
+                stored.push(l.name.clone());
+            }
+            Err(e) => {
+                tracing::warn!(event = "fd_store_error", name = %l.name, error = %e, msg = "cannot put the listener in the service manager's fd store",
+                    "cannot put listener {} in the service manager's fd store: {e}", l.name);
+            }
+        }
+    }
+    if !stored.is_empty() {
+        tracing::info!(event = "fd_stored", names = %stored.join(","), msg = "listeners put in the service manager's fd store",
+            "listeners {} put in the service manager's fd store: they outlive a restart of handoff", stored.join(", "));
+    }
 }
 
 /// Bind adoption, if asked for, useful (a TCP listener) and possible; says why not, once.

@@ -47,6 +47,7 @@ const FILES: Items = &[
 const SUB_EXIT_STATUS: &[(&str, Items)] = &[
     ("reload", &[("0", "The new generation serves and the old one was told to stop (or, with --no-wait, the reload was requested)."), ("1", "The reload failed (the old generation keeps serving), nothing is running there, or it is not a handoff you may trust."), ("2", "Invalid command line.")]),
     ("status", &[("0", "Status printed."), ("1", "Nothing is running there, or it is not a handoff you may trust."), ("2", "Invalid command line.")]),
+    ("upgrade", &[("0", "The new image serves the control socket with the same pid and the same generations."), ("1", "The upgrade did not happen (the binary is missing, not executable, failed its check or crashed at start: the old image keeps running), nothing is running there, or it is not a handoff you may trust."), ("2", "Invalid command line.")]),
     ("stop", &[("0", "handoff has exited; every child drained in time."), ("1", "Nothing is running there, it is not a handoff you may trust, or it is still running after --timeout."), ("2", "Invalid command line."), ("3", "handoff has exited, but something had to be killed (the drain timeout passed, or --force).")]),
 ];
 

@@ -99,7 +99,39 @@ impl Default for Metrics {
     }
 }
 
+/// The counters `handoff upgrade` carries across exec (the histograms start empty in the
+/// new image).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Counters {
+    reloads_ok: u64,
+    reloads_failed: u64,
+    restarts: u64,
+    last_success: f64,
+}
+
 impl Metrics {
+    pub fn export(&self) -> Counters {
+        let reloads = |result| self.reloads.get_or_create(&ResultLabel { result }).get();
+        Counters {
+            reloads_ok: reloads("ok"),
+            reloads_failed: reloads("failed"),
+            restarts: self.restarts.get(),
+            last_success: self.last_success.get(),
+        }
+    }
+
+    /// Fresh metrics with the counters of an earlier image.
+    pub fn import(c: &Counters) -> Self {
+        let m = Self::default();
+        let reloads = |result| m.reloads.get_or_create(&ResultLabel { result });
+        reloads("ok").inc_by(c.reloads_ok);
+        reloads("failed").inc_by(c.reloads_failed);
+        m.restarts.inc_by(c.restarts);
+        m.last_success.set(c.last_success);
+        m
+    }
+
     /// Count what a report says.
     pub fn observe(&self, r: &Report) {
         match r {

@@ -100,6 +100,17 @@ impl PidFile {
     }
 }
 
+impl Written {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The pid file an earlier image of this process wrote (same pid: nothing to write).
+    pub fn adopt(path: PathBuf) -> Self {
+        Self { path }
+    }
+}
+
 impl Drop for Written {
     fn drop(&mut self) {
         let ours = std::fs::read_to_string(&self.path)

@@ -17,6 +17,11 @@ use crate::status::ManagerDatagram;
 pub struct SdNotify {
     sock: UnixDatagram,
     addr: SocketAddr,
+    /// `NOTIFY_SOCKET` as given (a path, or `@name`), for the datagrams that carry fds.
+    raw: Vec<u8>,
+    /// `FDSTORE=N`: systemd (254 and later) says the service has a file-descriptor store of
+    /// N entries.
+    pub fd_store: Option<usize>,
     /// Ping interval: half of WATCHDOG_USEC, when the watchdog is meant for us.
     pub watchdog: Option<Duration>,
 }
@@ -46,9 +51,15 @@ impl SdNotify {
             .and_then(|u| u.parse::<u64>().ok())
             .filter(|u| *u > 0 && watchdog_for_us)
             .map(|u| Duration::from_micros(u / 2));
+        let fd_store = std::env::var("FDSTORE")
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n > 0);
         Some(Self {
             sock,
             addr,
+            raw: bytes.to_vec(),
+            fd_store,
             watchdog,
         })
     }
@@ -69,6 +80,20 @@ impl SdNotify {
                 self.send_states(&[NotifyState::Stopping, NotifyState::Status(s)])
             }
         }
+    }
+
+    /// Put `fd` in the service manager's file-descriptor store under `name`
+    /// (`FDSTORE=1`, `FDNAME=`, and `FDPOLL=0`: a listening socket never "hangs up", and
+    /// must not be dropped from the store if it reports an error once).
+    pub fn store_fd(&self, name: &str, fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
+        let msg = format!("FDSTORE=1\nFDNAME={name}\nFDPOLL=0\n");
+        handoff_sys::notify_socket::send_with_fds(&self.raw, msg.as_bytes(), &[fd])
+    }
+
+    /// Drop what the store holds under `name` (before storing a re-created socket).
+    pub fn remove_fd(&self, name: &str) -> std::io::Result<()> {
+        let msg = format!("FDSTOREREMOVE=1\nFDNAME={name}\n");
+        handoff_sys::notify_socket::send_with_fds(&self.raw, msg.as_bytes(), &[])
     }
 
     /// `WATCHDOG=1`.

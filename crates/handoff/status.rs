@@ -82,6 +82,12 @@ pub fn reply_line(outcome: &Outcome, status: impl FnOnce() -> Value) -> String {
             "v": VERSION, "ok": true, "pid": std::process::id(), "code": code,
             "message": "stopped",
         }),
+        Outcome::Upgraded { from, to } => json!({
+            "v": VERSION, "ok": true, "pid": std::process::id(), "from": from, "to": to,
+            "message": format!("upgraded from handoff {from} to {to}"),
+            "status": status(),
+        }),
+        Outcome::UpgradeFailed(why) => json!({"v": VERSION, "ok": false, "error": why}),
     };
     v.to_string()
 }
@@ -179,6 +185,8 @@ pub fn json(snap: &Snapshot, about: &About, now: Instant) -> Value {
         "listeners": listeners,
         "reloads": snap.reloads,
         "last_reload": last,
+        "upgrades": snap.upgrades,
+        "upgraded_ago_s": snap.last_upgrade.map(|t| tenths(now.saturating_duration_since(t))),
     })
 }
 
@@ -186,7 +194,7 @@ pub fn json(snap: &Snapshot, about: &About, now: Instant) -> Value {
 /// equal when nothing happened (`status --watch`).
 pub fn strip_clock(v: &mut Value) {
     if let Some(o) = v.as_object_mut() {
-        for k in ["uptime_s", "next_restart_in_s"] {
+        for k in ["uptime_s", "next_restart_in_s", "upgraded_ago_s"] {
             o.remove(k);
         }
         for k in ["last_reload", "last_failure"] {
@@ -252,6 +260,13 @@ pub fn text(v: &Value) -> String {
         v["uptime_s"],
         v["reloads"]
     );
+    if let Some(n) = v["upgrades"].as_u64().filter(|n| *n > 0) {
+        let _ = writeln!(
+            out,
+            "upgraded {n} time(s), last {}s ago (handoff upgrade)",
+            v["upgraded_ago_s"]
+        );
+    }
     if let Some(cmd) = v["command"].as_array() {
         let words: Vec<&str> = cmd.iter().filter_map(|w| w.as_str()).collect();
         let _ = writeln!(out, "command: {}", words.join(" "));

@@ -13,6 +13,7 @@
 //! - `operations`: control commands, pid file, systemd notify/socket units, privileges,
 //!   probes, watch, PID 1, Server::Starter.
 //! - `examples`: every example server in examples/ under handoff, reloaded under load.
+//! - `upgrade`: `handoff upgrade` under load; bad binaries refused before the exec.
 //! - `adopt`: servers that bind their own port (Go, Node, Python) get handoff's socket.
 
 mod util;
@@ -29,4 +30,5 @@ mod logs;
 mod operations;
 mod reload;
 mod unmodified;
+mod upgrade;
 mod zero_drop;

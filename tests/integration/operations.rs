@@ -1070,3 +1070,88 @@ fn a_watched_file_on_a_mount_of_its_own_gets_a_warning() {
         "{w}"
     );
 }
+
+/// Receive one datagram and the fds attached to it (a service manager's fd store).
+fn recv_with_fds(sock: &UnixDatagram) -> (String, Vec<std::os::fd::OwnedFd>) {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut buf = [0u8; 4096];
+    let mut cbuf = [0u64; 64];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; it then points at live buffers for the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
+    // SAFETY: msg describes valid buffers.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    assert!(n >= 0, "recvmsg: {}", std::io::Error::last_os_error());
+    let mut fds = Vec::new();
+    // SAFETY: walking the control data the kernel filled, with the libc macros.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for i in 0..len / 4 {
+                    let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>().add(i));
+                    fds.push(std::os::fd::OwnedFd::from_raw_fd(fd));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    (
+        String::from_utf8_lossy(&buf[..n as usize]).into_owned(),
+        fds,
+    )
+}
+
+#[test]
+fn fd_store_always_puts_each_named_listener_in_the_managers_store() {
+    let dir = TempDir::new();
+    let path = dir.path().join("notify.sock");
+    let mgr = UnixDatagram::bind(&path).expect("bind");
+    mgr.set_read_timeout(Some(WAIT)).expect("timeout");
+    let h = handoff()
+        .env("NOTIFY_SOCKET", path.to_str().expect("utf-8"))
+        .args([
+            "--fd-store",
+            "always",
+            "--listen",
+            "http=127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+            "--",
+            "python3",
+            &fixture(),
+        ])
+        .start();
+    // The first datagram: the named listener, before anything else is said.
+    let (text, fds) = recv_with_fds(&mgr);
+    assert_eq!(text, "FDSTORE=1\nFDNAME=http\nFDPOLL=0\n");
+    assert_eq!(fds.len(), 1, "one fd attached");
+    let stored = socket2::SockRef::from(&fds[0]);
+    assert_eq!(
+        stored.local_addr().expect("addr").as_socket(),
+        Some(h.addr(0)),
+        "the stored fd is the listener http"
+    );
+    assert!(stored.is_listener().expect("SO_ACCEPTCONN"));
+    h.wait("fd_stored", &[("names", "http".into())]);
+    let unnamed = h.wait("fd_store_unnamed", &[]);
+    assert_eq!(unnamed["addr"], h.addr(1).to_string());
+    h.ready(1);
+    // Without --fd-store (auto) and no FDSTORE= from the manager: nothing is stored.
+    let h2 = handoff()
+        .env("NOTIFY_SOCKET", path.to_str().expect("utf-8"))
+        .args(["--listen", "http=127.0.0.1:0", "--", "python3", &fixture()])
+        .start();
+    h2.ready(1);
+    let (text, fds) = recv_with_fds(&mgr);
+    assert!(text.contains("READY=1") && fds.is_empty(), "{text}");
+    assert!(h2.events("fd_stored").is_empty());
+}

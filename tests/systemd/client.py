@@ -6,8 +6,9 @@
   client.py slow N MS OUT           N concurrent GET /slow?ms=MS; writes one JSON result per
                                     line to OUT when all are done
   client.py load STOPFILE MAXSEC    load until STOPFILE exists (at most MAXSEC seconds); prints
-                                    a JSON summary: ok, failed, failures, keepalive_retries,
-                                    gens, pids
+                                    a JSON summary: ok, failed, failures, refused (connections
+                                    refused: ECONNREFUSED), keepalive_retries, gens, pids,
+                                    latency_ms (p50, p99, max of the requests that succeeded)
 
 Talks to the tests/fixtures/child.py server behind app.socket (127.0.0.1:8080).
 """
@@ -90,11 +91,17 @@ class Tally:
         self.retries = 0
         self.gens = set()
         self.pids = set()
+        self.refused = 0
+        self.latencies = []
 
-    def record(self, status, body, err=None):
+    def record(self, status, body, err=None, ms=None):
         with self.lock:
+            if err is not None and "ConnectionRefusedError" in err:
+                self.refused += 1
             if err is None and status == 200:
                 self.ok += 1
+                if ms is not None:
+                    self.latencies.append(ms)
                 try:
                     d = json.loads(body)
                     self.gens.add(d.get("gen"))
@@ -108,9 +115,10 @@ class Tally:
 def fresh_connection_client(tally, done):
     """A new connection for every request: no retry of any kind."""
     while not done():
+        t0 = time.monotonic()
         try:
             status, body = get_once("/", timeout=10)
-            tally.record(status, body)
+            tally.record(status, body, ms=(time.monotonic() - t0) * 1000)
         except Exception as e:  # noqa: BLE001
             tally.record(None, None, f"fresh: {type(e).__name__}: {e}")
 
@@ -126,11 +134,12 @@ def keepalive_client(tally, done):
     while not done():
         if conn is None:
             conn, reused = http.client.HTTPConnection(HOST, PORT, timeout=10), False
+        t0 = time.monotonic()
         try:
             conn.request("GET", "/")
             r = conn.getresponse()
             body = r.read()
-            tally.record(r.status, body)
+            tally.record(r.status, body, ms=(time.monotonic() - t0) * 1000)
             if r.will_close:
                 conn.close()
                 conn = None
@@ -167,10 +176,17 @@ def cmd_load(stopfile, maxsec):
         t.start()
     for t in ts:
         t.join()
+    lat = sorted(tally.latencies) or [0.0]
+
+    def pct(p):
+        return round(lat[min(len(lat) - 1, int(len(lat) * p))], 1)
+
     print(json.dumps({
         "ok": tally.ok,
         "failed": len(tally.failures),
         "failures": tally.failures[:10],
+        "refused": tally.refused,
+        "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": round(lat[-1], 1)},
         "keepalive_retries": tally.retries,
         "gens": sorted(g for g in tally.gens if g is not None),
         "pids": sorted(p for p in tally.pids if p is not None),

@@ -238,8 +238,10 @@ pub fn aggregate(per_listener: &[(ListenerWait, Option<u32>)]) -> (Accepting, Op
 /// Watches one listener's accept queue: connections that wait while no generation accepts
 /// them are *stuck* (the server binds a port of its own, ignores the fds, or hangs). Fed one
 /// sample per check (every second): the queue length and whether some task of a live
-/// generation waits to accept on the listener.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// generation waits to accept on the listener. Serialized: `handoff upgrade` carries it (a
+/// stuck queue stays stuck, and is not reported again, across the exec).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QueueWatch {
     last: Option<u32>,
     /// Checks in a row where the queue was not empty, did not shrink, and nobody waited.

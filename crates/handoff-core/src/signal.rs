@@ -24,6 +24,21 @@ const ALIASES: [(&str, Signal); 3] = [
     ("CLD", Signal::CHLD),
 ];
 
+/// Serialized as its number (the state `handoff upgrade` passes on).
+impl serde::Serialize for Signal {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i32(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Signal {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i32::deserialize(d)?;
+        Signal::from_number(n)
+            .ok_or_else(|| serde::de::Error::custom(format!("signal number {n} out of range")))
+    }
+}
+
 /// The highest signal number Linux accepts.
 const MAX: i32 = 64;
 

@@ -18,13 +18,18 @@
 //! - Events that make no sense in the current phase (READY=1 from a draining child, an exit of
 //!   an unknown pid) are ignored, never a panic.
 
+mod state;
 mod timers;
 
+pub use state::{SupervisorState, STATE_VERSION};
 use timers::{Timer, Timers};
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use crate::accepting::Accepting;
 use crate::notify::NotifyMessage;
@@ -38,7 +43,8 @@ pub type Pid = u32;
 pub type RequestId = u64;
 
 /// How a process ended, as reported by the reaper.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ExitStatus {
     /// `exit(code)`.
     Exited(i32),
@@ -121,6 +127,9 @@ pub struct Policy {
     /// After the reload signal, how long a child has to answer `RELOADING=1` (systemd's
     /// notify-reload protocol) before handoff concludes it does not speak it.
     pub reload_ack_window: Duration,
+    /// `handoff upgrade`: how long the candidate binary has to answer its check
+    /// (`handoff check-upgrade`) before the upgrade is given up.
+    pub upgrade_check_timeout: Duration,
     /// A generation still starting after this long is checked for a wrapper (`npm start`,
     /// `sh -c` without `exec`) whose child sees the wrapper's `LISTEN_PID`: a hint for the log.
     pub wrapper_check_after: Option<Duration>,
@@ -153,6 +162,7 @@ impl Default for Policy {
             watch_debounce: Duration::from_millis(500),
             reload_signal: None,
             reload_ack_window: Duration::from_millis(500),
+            upgrade_check_timeout: Duration::from_secs(10),
             wrapper_check_after: None,
             detect_interval: None,
             detect_grace: Duration::from_secs(5),
@@ -215,6 +225,18 @@ pub enum Event {
     /// The answer to [`Action::CheckListeners`]: how many listeners the shell found broken
     /// (a child called `shutdown()` on them) and re-created.
     ListenersRestored { count: usize },
+    /// `handoff upgrade`: check the handoff binary `binary` ([`Action::CheckUpgrade`]), then
+    /// exec it under the same pid with this state ([`Action::Exec`]). `request` is answered
+    /// by the new image once it serves ([`Event::Upgraded`]), or with why not.
+    Upgrade { request: RequestId, binary: PathBuf },
+    /// The answer to [`Action::CheckUpgrade`]: the candidate's version, or why it cannot
+    /// take over.
+    UpgradeChecked { result: Result<String, String> },
+    /// [`Action::Exec`] failed: exec returned, this image keeps running.
+    ExecFailed { error: String },
+    /// This image was started by `handoff upgrade` and imported the state (versions of the
+    /// image that exported it and of this one).
+    Upgraded { from: String, to: String },
 }
 
 /// Whom a signal is for.
@@ -270,6 +292,16 @@ pub enum Action {
     CloseListeners,
     /// Tell handoff's own service manager (systemd's `NOTIFY_SOCKET`), if it has one.
     Tell(ManagerMessage),
+    /// Run the candidate binary of an upgrade as a child, with the state, to check that it
+    /// can take over (`handoff check-upgrade`); answer with [`Event::UpgradeChecked`].
+    CheckUpgrade { binary: PathBuf },
+    /// The check of the candidate binary ran out of time: kill it (its result is ignored).
+    StopUpgradeCheck,
+    /// Exec `binary` under the same pid with [`Supervisor::export`]'s state, once every
+    /// action queued before this one is performed (none is queued after it). If exec
+    /// returns, answer with [`Event::ExecFailed`]. Events may still arrive before the exec
+    /// (signals already received): exec only while [`Supervisor::exec_pending`] holds.
+    Exec { binary: PathBuf },
     /// Answer control request `request`.
     Reply {
         request: RequestId,
@@ -313,6 +345,10 @@ pub enum Outcome {
     Stopping,
     /// handoff is about to exit with `code` (a `stop` request's final answer).
     Stopped { code: i32 },
+    /// `handoff upgrade`: the new image (`to`) serves, with the state of `from`.
+    Upgraded { from: String, to: String },
+    /// `handoff upgrade` did not happen; this image keeps running.
+    UpgradeFailed(String),
 }
 
 impl Outcome {
@@ -323,7 +359,7 @@ impl Outcome {
 }
 
 /// How a reload ended.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReloadOutcome {
     /// The generation the reload started.
     pub gen: GenId,
@@ -339,7 +375,8 @@ pub struct ReloadOutcome {
 }
 
 /// How a reload in place (`--reload-signal`) ended up known.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum InPlace {
     /// The child answered `RELOADING=1`, then `READY=1`.
     Confirmed,
@@ -363,7 +400,8 @@ pub enum KillReason {
 }
 
 /// Why a new generation did not take over.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FailReason {
     /// The process could not be started.
     SpawnFailed(String),
@@ -411,7 +449,8 @@ impl fmt::Display for FailReason {
 }
 
 /// Why a generation was started.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum StartReason {
     /// The first child.
     Initial,
@@ -432,7 +471,8 @@ impl StartReason {
 }
 
 /// How a generation became ready.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ReadyBy {
     /// It sent READY=1.
     Notify,
@@ -534,6 +574,18 @@ pub enum Report {
     ShutdownStarted { signal: Signal, forced: bool },
     /// A process group did not die within `kill_wait` after SIGKILL (stuck in the kernel?).
     Unkillable { gen: GenId, pid: Pid },
+    /// `handoff upgrade` to `binary` was requested (its check starts).
+    UpgradeRequested { binary: PathBuf },
+    /// The candidate `binary` (version `version`) passed its check: exec it now.
+    Exec { binary: PathBuf, version: String },
+    /// The upgrade did not happen; this image keeps running.
+    UpgradeFailed { error: String },
+    /// This image took over from `from` (the `count`-th upgrade of this handoff).
+    Upgraded {
+        from: String,
+        to: String,
+        count: u64,
+    },
     /// `gen` was judged ready without READY=1: a task waits to accept on every listener
     /// (`fd` the first), or it accepted a proof-of-accept connection (`proven`).
     ReadyDetected {
@@ -638,7 +690,8 @@ pub struct GenerationStatus {
 }
 
 /// A generation that ended without being asked to: it failed to start, or died serving.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Failure {
     Start(FailReason),
     Exited(ExitStatus),
@@ -671,6 +724,10 @@ pub struct Snapshot {
     pub last_failure: Option<(Failure, Instant)>,
     /// When the next replacement starts (restart back-off), if one is scheduled.
     pub next_restart: Option<Instant>,
+    /// Upgrades (`handoff upgrade`) this handoff has been through, and when the last one
+    /// ended (this image took over).
+    pub upgrades: u64,
+    pub last_upgrade: Option<Instant>,
 }
 
 #[derive(Clone, Debug)]
@@ -736,6 +793,16 @@ struct ShutdownState {
     requests: Vec<RequestId>,
 }
 
+/// `handoff upgrade` in progress: its candidate is being checked, or, once `executing`, the
+/// shell is about to exec it (the state it exports carries this, and the new image answers
+/// `request`).
+#[derive(Clone, Debug)]
+struct UpgradeState {
+    request: RequestId,
+    binary: PathBuf,
+    executing: bool,
+}
+
 /// The state machine. See the module documentation.
 #[derive(Debug)]
 pub struct Supervisor {
@@ -761,6 +828,9 @@ pub struct Supervisor {
     failures_in_row: u32,
     last_failure: Option<(Failure, Instant)>,
     in_place: Option<InPlaceReload>,
+    upgrade: Option<UpgradeState>,
+    upgrades: u64,
+    last_upgrade: Option<Instant>,
     /// How the latest generation to become ready did: the next one follows it (READY=1 →
     /// only READY=1 counts; detection → detection counts at once).
     last_ready_by: Option<ReadyBy>,
@@ -789,6 +859,9 @@ impl Supervisor {
             failures_in_row: 0,
             last_failure: None,
             in_place: None,
+            upgrade: None,
+            upgrades: 0,
+            last_upgrade: None,
             last_ready_by: None,
         };
         sup.start_generation(StartReason::Initial, now, None, Vec::new());
@@ -807,7 +880,8 @@ impl Supervisor {
                 | Event::Shutdown {
                     request: Some(request),
                     ..
-                } => self.reply(request, Outcome::ShuttingDown),
+                }
+                | Event::Upgrade { request, .. } => self.reply(request, Outcome::ShuttingDown),
                 Event::Status { request } => self.reply(request, Outcome::Status),
                 _ => {}
             }
@@ -844,6 +918,25 @@ impl Supervisor {
                     self.on_reload(ReplyTo::Nobody, true, now);
                 }
             }
+            Event::Upgrade { request, binary } => self.on_upgrade(request, binary, now),
+            Event::UpgradeChecked { result } => self.on_upgrade_checked(result),
+            Event::ExecFailed { error } => {
+                if self.upgrade.as_ref().is_some_and(|u| u.executing) {
+                    self.upgrade_failed(error);
+                }
+            }
+            Event::Upgraded { from, to } => {
+                self.upgrades += 1;
+                self.last_upgrade = Some(now);
+                self.report(Report::Upgraded {
+                    from: from.clone(),
+                    to: to.clone(),
+                    count: self.upgrades,
+                });
+                if let Some(u) = self.upgrade.take() {
+                    self.reply(u.request, Outcome::Upgraded { from, to });
+                }
+            }
         }
         self.check_finished();
     }
@@ -856,6 +949,12 @@ impl Supervisor {
     /// When to send `Event::Timeout` next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.next()
+    }
+
+    /// Whether [`Action::Exec`] still stands: the candidate passed its check and nothing
+    /// since (a shutdown) called the upgrade off.
+    pub fn exec_pending(&self) -> bool {
+        self.upgrade.as_ref().is_some_and(|u| u.executing)
     }
 
     /// `Some(code)` once handoff should exit (also queued as `Action::Exit`).
@@ -899,10 +998,64 @@ impl Supervisor {
             failures_in_row: self.failures_in_row,
             last_failure: self.last_failure.clone(),
             next_restart: self.timers.get(Timer::Restart),
+            upgrades: self.upgrades,
+            last_upgrade: self.last_upgrade,
         }
     }
 
     // ---- event handlers ------------------------------------------------------------------
+
+    fn on_upgrade(&mut self, request: RequestId, binary: PathBuf, now: Instant) {
+        if self.shutdown.is_some() {
+            self.reply(request, Outcome::ShuttingDown);
+            return;
+        }
+        if self.upgrade.is_some() {
+            let why = "another upgrade is in progress".to_string();
+            self.reply(request, Outcome::UpgradeFailed(why));
+            return;
+        }
+        self.report(Report::UpgradeRequested {
+            binary: binary.clone(),
+        });
+        self.upgrade = Some(UpgradeState {
+            request,
+            binary: binary.clone(),
+            executing: false,
+        });
+        self.timers
+            .set(Timer::UpgradeCheck, now + self.policy.upgrade_check_timeout);
+        self.actions.push_back(Action::CheckUpgrade { binary });
+    }
+
+    fn on_upgrade_checked(&mut self, result: Result<String, String>) {
+        let Some(u) = self.upgrade.as_mut().filter(|u| !u.executing) else {
+            return; // a late answer to a check that ran out of time
+        };
+        self.timers.cancel(Timer::UpgradeCheck);
+        match result {
+            Ok(version) => {
+                u.executing = true;
+                let binary = u.binary.clone();
+                self.report(Report::Exec {
+                    binary: binary.clone(),
+                    version,
+                });
+                // Last: the shell execs once everything before it is performed.
+                self.actions.push_back(Action::Exec { binary });
+            }
+            Err(why) => self.upgrade_failed(why),
+        }
+    }
+
+    /// The upgrade in progress did not happen: say why to whoever asked.
+    fn upgrade_failed(&mut self, why: String) {
+        if let Some(u) = self.upgrade.take() {
+            self.timers.cancel(Timer::UpgradeCheck);
+            self.report(Report::UpgradeFailed { error: why.clone() });
+            self.reply(u.request, Outcome::UpgradeFailed(why));
+        }
+    }
 
     fn on_reload(&mut self, reply: ReplyTo, restart: bool, now: Instant) {
         if self.shutdown.is_some() {
@@ -1049,6 +1202,13 @@ impl Supervisor {
         }
         self.timers.cancel(Timer::Restart);
         self.timers.cancel(Timer::WatchDebounce);
+        if let Some(u) = self.upgrade.take() {
+            self.timers.cancel(Timer::UpgradeCheck);
+            if !u.executing {
+                self.actions.push_back(Action::StopUpgradeCheck);
+            }
+            self.reply(u.request, Outcome::ShuttingDown);
+        }
         if self.in_place.is_some() {
             self.finish_in_place(Some(FailReason::Shutdown), InPlace::Confirmed, now);
         }
@@ -1333,6 +1493,13 @@ impl Supervisor {
                     self.start_generation(StartReason::Restart, now, None, Vec::new());
                 }
                 (Timer::WatchDebounce, _, _) => self.on_reload(ReplyTo::Nobody, false, now),
+                (Timer::UpgradeCheck, _, _) => {
+                    self.actions.push_back(Action::StopUpgradeCheck);
+                    let limit = self.policy.upgrade_check_timeout.as_secs_f64();
+                    self.upgrade_failed(format!(
+                        "the new binary did not answer its check within {limit:.0} s"
+                    ));
+                }
                 (Timer::InPlaceAck, _, _) => {
                     // No RELOADING=1: the child does not speak notify-reload; the signal was
                     // delivered, which is all that can be known.
@@ -1654,6 +1821,13 @@ impl Supervisor {
     fn finish(&mut self, code: i32) {
         self.finished = Some(code);
         self.timers.clear();
+        // A start that failed ends handoff without a shutdown: an upgrade is off too.
+        if let Some(u) = self.upgrade.take() {
+            if !u.executing {
+                self.actions.push_back(Action::StopUpgradeCheck);
+            }
+            self.reply(u.request, Outcome::ShuttingDown);
+        }
         if let Some(p) = self.pending_reload.take() {
             for r in p.waiters {
                 self.reply(r, Outcome::ShuttingDown);

@@ -479,6 +479,18 @@ fn inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
 #[derive(Clone, Default)]
 pub struct NonBlockPolicy(Arc<Mutex<Vec<Option<bool>>>>);
 
+impl NonBlockPolicy {
+    /// Each listener's setting, by index (`None`: not adopted yet), for `handoff upgrade`.
+    pub fn export(&self) -> Vec<Option<bool>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The policy an earlier image exported.
+    pub fn import(settings: Vec<Option<bool>>) -> Self {
+        Self(Arc::new(Mutex::new(settings)))
+    }
+}
+
 /// Something a watch did, for the log and `status`. `pid` is the process (thread group) that
 /// made the call, whichever of its threads it was.
 #[derive(Debug, Clone)]

@@ -470,7 +470,8 @@ fn wait_unpopulated(dir: BorrowedFd<'_>, deadline: Instant) -> io::Result<bool> 
 // ---- the generations' parent ------------------------------------------------------------
 
 /// Where handoff creates its generations' cgroups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Layout {
     /// handoff's cgroup is its alone (systemd with `Delegate=yes`): `<own>/gen-N`;
     /// `in_supervisor` if handoff moved itself into `<own>/supervisor` first.
@@ -508,7 +509,87 @@ pub struct Generations {
     cleaned: Vec<Cleaned>,
 }
 
+/// [`Generations`] as `handoff upgrade` carries it across exec: paths only (every
+/// directory is opened again, without following links, by [`Generations::reopen`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationsState {
+    mount: PathBuf,
+    own: String,
+    base_cg: String,
+    layout: Layout,
+    /// Layout::Shared: the name of `handoff.PID` in `own`.
+    instance: Option<String>,
+    moved: bool,
+}
+
 impl Generations {
+    /// What [`Generations::reopen`] needs after an exec.
+    pub fn export(&self) -> GenerationsState {
+        GenerationsState {
+            mount: self.mount.clone(),
+            own: self.own.clone(),
+            base_cg: self.base_cg.clone(),
+            layout: self.layout,
+            instance: self.instance.as_ref().map(|(_, n)| n.clone()),
+            moved: self.moved,
+        }
+    }
+
+    /// Open again the cgroups an earlier image of this process set up (same pid, so the
+    /// same `handoff.PID`): nothing is created, moved or cleaned. `/proc/self/cgroup` is not
+    /// read again: handoff may have moved itself into `supervisor` since.
+    pub fn reopen(st: GenerationsState) -> Result<Self, String> {
+        let open = |cg: &str| {
+            open_cgroup(&st.mount, cg).map_err(|e| format!("cannot open cgroup {cg}: {e}"))
+        };
+        if !is_under(&st.base_cg, &st.own) {
+            return Err(format!("cgroup {} is not under {}", st.base_cg, st.own));
+        }
+        let base = open(&st.base_cg)?;
+        if !fd_is_cgroup2(base.as_fd()) {
+            return Err(format!("{} is not on a cgroup2 filesystem", st.base_cg));
+        }
+        let instance = match st.instance {
+            Some(name) => Some((open(&st.own)?, name)),
+            None => None,
+        };
+        Ok(Self {
+            mount: st.mount,
+            own: st.own,
+            base: Arc::new(base),
+            base_cg: st.base_cg,
+            layout: st.layout,
+            instance,
+            moved: st.moved,
+            cleaned: Vec::new(),
+        })
+    }
+
+    /// Open the existing cgroup `name` (`gen-N`, as [`GenCgroup::name`] gave it) of a
+    /// generation an earlier image of this process created.
+    pub fn reopen_gen(&self, name: &str) -> io::Result<GenCgroup> {
+        let gen_name = name
+            .strip_prefix("gen-")
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if gen_name.is_none() {
+            return Err(io::Error::other(format!(
+                "{name:?} is not a generation's cgroup"
+            )));
+        }
+        let dir = open_dir(self.base.as_fd(), name)?;
+        let procs = open_at(dir.as_fd(), c"cgroup.procs", libc::O_WRONLY)?;
+        let path = join(&self.base_cg, name);
+        Ok(GenCgroup {
+            parent: self.base.clone(),
+            dir,
+            procs,
+            name: name.to_string(),
+            fs_path: self.fs_path(&path),
+            cgroup: path,
+        })
+    }
+
     /// Detect cgroup v2, check handoff may create cgroups in its own, move itself into
     /// `<own>/supervisor` if the "no internal processes" rule requires it, and clean the
     /// stale generations of an earlier handoff (see [`Generations::cleaned`]). Once per
@@ -807,6 +888,11 @@ impl GenCgroup {
     /// to [`crate::spawn::SpawnPlan::with_cgroup`].
     pub fn procs_fd(&self) -> BorrowedFd<'_> {
         self.procs.as_fd()
+    }
+
+    /// Its directory's name in the generations' cgroup (`gen-3`).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Its cgroup path, as /proc/PID/cgroup shows it ("/a/gen-3").

@@ -16,6 +16,7 @@ pub mod peer;
 pub mod procfs;
 pub mod reaper;
 pub mod spawn;
+pub mod upgrade;
 
 /// Mark every fd ≥ 3 that handoff inherited close-on-exec, except `keep`, so that nothing
 /// handoff's own parent leaked reaches a child.

@@ -13,10 +13,12 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use handoff_core::listen::{Host, InetAddr, ListenAddr, ListenSpec};
+use serde::{Deserialize, Serialize};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 /// What kind of socket a listener is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     Tcp,
     Udp,
@@ -45,8 +47,13 @@ pub struct Listener {
     pub unix_file: Option<UnixFile>,
     /// `tcp`, `udp` or `unix`.
     pub kind: Kind,
-    /// Received from handoff's own parent (a systemd socket unit) rather than bound.
+    /// Received from handoff's own parent (a systemd socket unit, or its file-descriptor
+    /// store) rather than bound.
     pub inherited: bool,
+    /// Bound by handoff and put in its service manager's file-descriptor store: the
+    /// manager keeps it open across a restart of handoff (or a crash), so handoff leaves it
+    /// (and its socket file) to the manager at exit, as it does with an inherited one.
+    pub stored: bool,
     /// Given as `:PORT` (every interface, both families): bind adoption gives it to a child
     /// that binds `[::]:PORT` with or without `IPV6_V6ONLY` (see `handoff_core::adopt`).
     pub all_interfaces: bool,
@@ -56,7 +63,8 @@ pub struct Listener {
 }
 
 /// The exact address and options a socket was bound with, to re-create it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 enum Rebind {
     Inet {
         addr: SocketAddr,
@@ -73,7 +81,8 @@ enum Rebind {
 
 /// `--socket-mode` and `--socket-owner`: the permissions and owner of a unix socket file
 /// handoff creates. Kept with the listener, so that a re-created socket gets them too.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UnixAccess {
     /// Permission bits (`0o660`); `None` leaves them to the umask. Only the 0777 bits apply:
     /// setuid, setgid and sticky mean nothing on a socket.
@@ -82,7 +91,58 @@ pub struct UnixAccess {
     pub owner: Option<(Option<u32>, Option<u32>)>,
 }
 
+/// A listener as `handoff upgrade` carries it across exec: its fd (by number: it stays
+/// open, close-on-exec cleared for that exec only) and what handoff knows about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerState {
+    pub fd: i32,
+    pub name: String,
+    pub local: String,
+    pub kind: Kind,
+    pub inherited: bool,
+    pub stored: bool,
+    /// Given as `:PORT` (bind adoption gives it to a `[::]:PORT` bind).
+    pub all_interfaces: bool,
+    unix_file: Option<UnixFile>,
+    rebind: Option<Rebind>,
+}
+
 impl Listener {
+    /// What [`Listener::adopt`] needs to take this listener over after an exec.
+    pub fn export(&self) -> ListenerState {
+        ListenerState {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+            name: self.name.clone(),
+            local: self.local.clone(),
+            kind: self.kind,
+            inherited: self.inherited,
+            stored: self.stored,
+            all_interfaces: self.all_interfaces,
+            unix_file: self.unix_file.clone(),
+            rebind: self.rebind.clone(),
+        }
+    }
+
+    /// Take over the listener an earlier image of this process exported, at its fd. The fd
+    /// must be an open socket (checked), of which this process becomes the owner.
+    pub fn adopt(st: ListenerState) -> io::Result<Self> {
+        let fd = crate::upgrade::take_fd(st.fd, "listener")?;
+        // A socket, as it was: a fd number reused by something else is refused.
+        socket2::SockRef::from(&fd).r#type()?;
+        Ok(Self {
+            name: st.name,
+            local: st.local,
+            unix_file: st.unix_file,
+            kind: st.kind,
+            inherited: st.inherited,
+            stored: st.stored,
+            all_interfaces: st.all_interfaces,
+            rebind: st.rebind,
+            fd,
+        })
+    }
+
     /// A socket handoff received through socket activation (`LISTEN_FDS` for its own pid).
     pub fn from_inherited(fd: OwnedFd, name: String) -> io::Result<Self> {
         let s = socket2::SockRef::from(&fd);
@@ -114,10 +174,17 @@ impl Listener {
             unix_file: None,
             kind,
             inherited: true,
+            stored: false,
             all_interfaces: false,
             rebind: None,
             fd,
         })
+    }
+
+    /// Whether the service manager holds this socket (a socket unit's, or one handoff put in
+    /// its file-descriptor store): handoff does not close it nor remove its file at exit.
+    pub fn kept_by_manager(&self) -> bool {
+        self.inherited || self.stored
     }
 
     /// Whether this listening socket no longer works: a process holding it called
@@ -308,7 +375,8 @@ fn fchown_empty_path(fd: &OwnedFd, uid: Option<u32>, gid: Option<u32>) -> io::Re
 }
 
 /// A socket file handoff created; removed at exit only if it is still the same file.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UnixFile {
     pub path: PathBuf,
     dev: u64,
@@ -444,6 +512,7 @@ pub fn bind_with(
                 unix_file: None,
                 kind: if udp { Kind::Udp } else { Kind::Tcp },
                 inherited: false,
+                stored: false,
                 all_interfaces: a.host == Host::AllInterfaces,
                 rebind: addr.map(|addr| Rebind::Inet {
                     addr,
@@ -465,6 +534,7 @@ pub fn bind_with(
                 unix_file: Some(file),
                 kind: Kind::Unix,
                 inherited: false,
+                stored: false,
                 all_interfaces: false,
                 rebind: Some(Rebind::Unix {
                     path: path.clone(),

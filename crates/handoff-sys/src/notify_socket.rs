@@ -6,6 +6,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -128,6 +129,31 @@ impl RuntimeDir {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The directory's fd (open and `flock`ed), for `handoff upgrade` to carry across exec.
+    pub fn lock_fd(&self) -> RawFd {
+        self.lock.as_raw_fd()
+    }
+
+    /// Take over the directory an earlier image of this process created: `fd` is its
+    /// [`RuntimeDir::lock_fd`], which still holds the lock (a `flock` belongs to the open
+    /// file, which survives exec). Checked: `fd` is a directory, the one at `path`.
+    pub fn adopt(path: PathBuf, fd: RawFd) -> io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let lock = std::fs::File::from(crate::upgrade::take_fd(fd, "runtime directory")?);
+        let (m, p) = (lock.metadata()?, std::fs::symlink_metadata(&path)?);
+        if !m.is_dir() || m.dev() != p.dev() || m.ino() != p.ino() {
+            return Err(io::Error::other(format!(
+                "fd {fd} is not the runtime directory {}",
+                path.display()
+            )));
+        }
+        Ok(Self {
+            path,
+            lock,
+            stale_removed: Vec::new(),
+        })
     }
 
     /// The directories of handoffs that are no longer running (killed: their own clean-up
@@ -325,6 +351,22 @@ impl NotifySocket {
         &self.path
     }
 
+    /// Take over the notify socket an earlier image of this process bound at `path`, at
+    /// `fd` (checked: a unix datagram socket bound to `path`).
+    pub fn adopt(path: PathBuf, fd: RawFd) -> io::Result<Self> {
+        let fd = crate::upgrade::take_fd(fd, "notify socket")?;
+        let s = socket2::SockRef::from(&fd);
+        let bound = s.local_addr()?;
+        if s.r#type()? != socket2::Type::DGRAM || bound.as_pathname() != Some(path.as_path()) {
+            return Err(io::Error::other(format!(
+                "fd {} is not the notify socket {}",
+                fd.as_raw_fd(),
+                path.display()
+            )));
+        }
+        Ok(Self { fd, path })
+    }
+
     /// Receive one datagram without blocking.
     pub fn recv(&self) -> io::Result<Received> {
         recv_one(self.fd.as_raw_fd())
@@ -453,6 +495,34 @@ fn recv_with_room(fd: RawFd, max_fds: usize) -> io::Result<Received> {
         uid,
         payload: buf[..len].to_vec(),
     })
+}
+
+/// Send `payload` with `fds` attached (`SCM_RIGHTS`) to the unix datagram socket `addr`: a
+/// path, or `@name` for an abstract address (as `NOTIFY_SOCKET` gives them). This is how
+/// handoff puts its listeners in its service manager's file-descriptor store (`FDSTORE=1`).
+pub fn send_with_fds(addr: &[u8], payload: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let to = match addr.strip_prefix(b"@") {
+        Some(name) => UnixAddr::new_abstract(name)?,
+        None => UnixAddr::new(std::ffi::OsStr::from_bytes(addr))?,
+    };
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
+    sendmsg(
+        sock.as_raw_fd(),
+        &[std::io::IoSlice::new(payload)],
+        cmsgs,
+        MsgFlags::empty(),
+        Some(&to),
+    )?;
+    Ok(())
 }
 
 /// `sock`, registered with the current tokio runtime's reactor for readability.

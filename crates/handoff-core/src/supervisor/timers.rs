@@ -6,10 +6,13 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
+
 use super::GenId;
 
 /// What a deadline is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub(crate) enum Timer {
     /// `--ready-after` elapsed: the child counts as ready.
     ReadyAfter(GenId),
@@ -33,6 +36,8 @@ pub(crate) enum Timer {
     InPlaceAck,
     /// A reload in place: `RELOADING=1` came; the time it has to send `READY=1`.
     InPlaceDone,
+    /// `handoff upgrade`: the candidate binary's check ran out of time.
+    UpgradeCheck,
 }
 
 impl Timer {
@@ -46,7 +51,11 @@ impl Timer {
             | Self::WrapperCheck(g)
             | Self::KillDeadline(g)
             | Self::ReapDeadline(g) => Some(g),
-            Self::Restart | Self::WatchDebounce | Self::InPlaceAck | Self::InPlaceDone => None,
+            Self::Restart
+            | Self::WatchDebounce
+            | Self::InPlaceAck
+            | Self::InPlaceDone
+            | Self::UpgradeCheck => None,
         }
     }
 }
@@ -83,6 +92,11 @@ impl Timers {
 
     pub(crate) fn clear(&mut self) {
         self.at.clear();
+    }
+
+    /// Every armed timer and its deadline, in key order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (Timer, Instant)> + '_ {
+        self.at.iter().map(|(t, at)| (*t, *at))
     }
 
     /// The earliest deadline.
