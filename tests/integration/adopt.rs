@@ -343,20 +343,7 @@ fn a_listen_fds_server_keeps_its_socket_and_its_shutdown_is_swallowed() {
     // The fixture takes LISTEN_FDS and, with --shutdown-listener, shuts the shared socket down
     // on its way out (odoo#107539). Under adoption that shutdown() is answered without being
     // done: nothing to repair, no connection refused.
-    let b = handoff();
-    let args = b.dir().join("child.args");
-    std::fs::write(&args, "--shutdown-listener").expect("write");
-    let h = b
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--",
-            "python3",
-            &fixture(),
-            "--args-file",
-        ])
-        .arg(&args)
-        .start();
+    let h = fixture_with_first_args(&[], "--shutdown-listener");
     h.ready(1);
     let addr = h.addr(0);
     h.reload();

@@ -246,22 +246,8 @@ fn a_child_shutting_down_the_shared_listener_is_detected_and_repaired() {
     // See odoo#107539: shutdown() on an inherited listening socket stops it for everyone.
     // With bind adoption (the default) the shutdown() is not even done (adopt.rs tests it);
     // without it, handoff repairs the damage.
-    let b = handoff();
-    let args = b.dir().join("child.args");
-    std::fs::write(&args, "--shutdown-listener").expect("write");
-    let h = b
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--adopt",
-            "off",
-            "--",
-            "python3",
-            &fixture(),
-            "--args-file",
-        ])
-        .arg(&args)
-        .start();
+    let h = fixture_with_first_args(&["--adopt", "off"], "--shutdown-listener");
+    let args = h.args_file();
     h.ready(1);
     let addr = h.addr(0);
     std::fs::write(&args, "").expect("write");

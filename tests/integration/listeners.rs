@@ -180,21 +180,8 @@ pub(crate) fn tcp_backlog(addr: std::net::SocketAddr) -> u32 {
 fn a_child_shrinking_the_backlog_does_not_shrink_it_for_the_next_generation() {
     // Without bind adoption: with it (the default), the child's listen() is answered without
     // being done, and the backlog never shrinks (adopt.rs tests it).
-    let b = handoff();
-    let args = b.dir().join("child.args");
-    std::fs::write(&args, "--shrink-backlog 2").expect("write");
-    let h = b
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--backlog",
-            "64",
-            "--adopt",
-            "off",
-        ])
-        .args(["--", "python3", &fixture(), "--args-file"])
-        .arg(&args)
-        .start();
+    let h = fixture_with_first_args(&["--backlog", "64", "--adopt", "off"], "--shrink-backlog 2");
+    let args = h.args_file();
     h.ready(1);
     let addr = h.addr(0);
     // Generation 1 called listen(3, 2) on the shared socket before READY=1.

@@ -144,15 +144,7 @@ fn go_without_ready_is_proven_ready_and_never_early() {
 #[test]
 fn a_listener_nobody_accepts_on_is_reported_stuck() {
     // The child ignores fd 3 (it could be serving a port of its own).
-    let h = handoff()
-        .args(["--listen", "127.0.0.1:0", "--ready-after", "100ms", "--"])
-        .args(["python3", "-c", "import time; time.sleep(120)"])
-        .start();
-    h.ready(1);
-    let addr = h.addr(0);
-    let _waiting: Vec<std::net::TcpStream> = (0..2)
-        .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
-        .collect();
+    let (h, _waiting) = listener_nobody_accepts_on();
     let stuck = h.wait_event("accept_queue_stuck", Duration::from_secs(20), |v| {
         v["event"] == "accept_queue_stuck"
     });

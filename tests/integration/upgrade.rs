@@ -349,15 +349,7 @@ fn a_server_that_binds_its_own_port_keeps_bind_adoption_across_an_upgrade() {
 #[test]
 fn a_stuck_accept_queue_stays_stuck_across_an_upgrade_and_is_not_reported_again() {
     // The child ignores fd 3: connections wait in the queue and nobody accepts them.
-    let h = handoff()
-        .args(["--listen", "127.0.0.1:0", "--ready-after", "100ms", "--"])
-        .args(["python3", "-c", "import time; time.sleep(120)"])
-        .start();
-    h.ready(1);
-    let addr = h.addr(0);
-    let _waiting: Vec<std::net::TcpStream> = (0..2)
-        .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
-        .collect();
+    let (h, _waiting) = listener_nobody_accepts_on();
     h.wait_event("accept_queue_stuck", Duration::from_secs(20), |v| {
         v["event"] == "accept_queue_stuck"
     });

@@ -259,13 +259,35 @@ pub fn handoff_under(prefix: &[&str]) -> Builder {
 /// arguments from that file at start, so a test can make the *next* generation misbehave
 /// while the current one keeps serving. The file is [`Handoff::args_file`].
 pub fn fixture_with_args_file(opts: &[&str]) -> Handoff {
+    fixture_with_first_args(opts, "")
+}
+
+/// [`fixture_with_args_file`] with `first` already in the args file: generation 1 starts
+/// with those arguments.
+pub fn fixture_with_first_args(opts: &[&str], first: &str) -> Handoff {
     let b = handoff();
+    std::fs::write(b.dir().join("child.args"), first).expect("write the args file");
     let args = b.dir().join("child.args");
     b.args(["--listen", "127.0.0.1:0"])
         .args(opts.iter().copied())
         .args(["--", "python3", &fixture(), "--args-file"])
         .arg(args)
         .start()
+}
+
+/// handoff (ready) whose child ignores fd 3, with two connections waiting in the listener's
+/// queue that nobody will accept (kept open while the returned streams live).
+pub fn listener_nobody_accepts_on() -> (Handoff, Vec<TcpStream>) {
+    let h = handoff()
+        .args(["--listen", "127.0.0.1:0", "--ready-after", "100ms", "--"])
+        .args(["python3", "-c", "import time; time.sleep(120)"])
+        .start();
+    h.ready(1);
+    let addr = h.addr(0);
+    let waiting = (0..2)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect();
+    (h, waiting)
 }
 
 /// handoff on 127.0.0.1:0 running the Python fixture with `child_args`.

@@ -387,15 +387,7 @@ fn signal_member(pid: u32, sig: libc::c_int, cg: &str) -> io::Result<bool> {
             0,
         )
     };
-    if r == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::ESRCH) {
-        Ok(false)
-    } else {
-        Err(e)
-    }
+    crate::kill::check(r)
 }
 
 /// SIGKILL every process in the cgroup tree `dir` (path `cg`): `cgroup.kill` (Linux 5.14),

@@ -4,7 +4,8 @@ use std::io;
 
 use handoff_core::signal::Signal;
 
-fn check(r: libc::c_int) -> io::Result<bool> {
+/// A signal syscall's result: sent, or the target was already gone (ESRCH), or an error.
+pub(crate) fn check(r: i64) -> io::Result<bool> {
     if r == 0 {
         return Ok(true);
     }
@@ -20,7 +21,7 @@ fn check(r: libc::c_int) -> io::Result<bool> {
 /// targets live generations), so it cannot be a recycled pid.
 pub fn signal(pid: u32, sig: Signal) -> io::Result<bool> {
     // SAFETY: plain syscall.
-    check(unsafe { libc::kill(pid as libc::pid_t, sig.number()) })
+    check(unsafe { libc::kill(pid as libc::pid_t, sig.number()) }.into())
 }
 
 /// `killpg(pgid, sig)`: the whole process group of a generation.
@@ -32,5 +33,5 @@ pub fn signal_group(pgid: u32, sig: Signal) -> io::Result<bool> {
         ));
     }
     // SAFETY: plain syscall.
-    check(unsafe { libc::killpg(pgid as libc::pid_t, sig.number()) })
+    check(unsafe { libc::killpg(pgid as libc::pid_t, sig.number()) }.into())
 }
