@@ -805,7 +805,7 @@ impl Driver {
         };
         let plan = match &cgroup {
             Some(cg) => plan
-                .with_cgroup(cg.procs_fd())
+                .with_cgroup(cg.dir_fd(), cg.procs_fd())
                 .map_err(|e| format!("cannot prepare {}: {e}", self.child.program.display()))?,
             None => plan,
         };

@@ -24,8 +24,9 @@
 //! - cgroup v2's "no internal processes" rule: if handoff's cgroup has controllers enabled in
 //!   `cgroup.subtree_control`, handoff first moves itself into the leaf `<own>/supervisor`,
 //!   as systemd-managed supervisors do;
-//! - a child joins its generation's cgroup itself, before exec, by writing "0" to the
-//!   `cgroup.procs` fd opened before the fork ([`GenCgroup::procs_fd`],
+//! - a child is created in its generation's cgroup (`CLONE_INTO_CGROUP`), or joins it itself
+//!   before exec where handoff forks, by writing "0" to the `cgroup.procs` fd opened before
+//!   ([`GenCgroup::dir_fd`], [`GenCgroup::procs_fd`],
 //!   [`crate::spawn::SpawnPlan::with_cgroup`]), so nothing it forks can escape;
 //! - a process is signalled through a pidfd, after checking that the process the pidfd
 //!   designates is in the cgroup (a pid read from `cgroup.procs` may have been reused by
@@ -876,10 +877,15 @@ pub struct GenCgroup {
 }
 
 impl GenCgroup {
-    /// The fd the child writes "0" to, between fork and exec, to join this cgroup: give it
-    /// to [`crate::spawn::SpawnPlan::with_cgroup`].
+    /// The fd a forked child writes "0" to, between fork and exec, to join this cgroup: give
+    /// it to [`crate::spawn::SpawnPlan::with_cgroup`] with [`GenCgroup::dir_fd`].
     pub fn procs_fd(&self) -> BorrowedFd<'_> {
         self.procs.as_fd()
+    }
+
+    /// Its directory, for `CLONE_INTO_CGROUP` (a cloned child is created in the cgroup).
+    pub fn dir_fd(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
     }
 
     /// Its directory's name in the generations' cgroup (`gen-3`).

@@ -5,28 +5,27 @@
 mod common;
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, BorrowedFd};
 
 use common::*;
 use handoff_core::signal::Signal;
 use handoff_sys::cgroup::{GenCgroup, Generations, Layout};
-use handoff_sys::spawn::{resolve_program, spawn, SpawnPlan};
+use handoff_sys::spawn::{resolve_program, spawn, Method, SpawnPlan};
 
-/// Start `sh -c SCRIPT ARGS...` in the cgroup whose `cgroup.procs` is `procs`.
-fn start_sh(procs: BorrowedFd<'_>, script: &str, args: &[&str]) -> u32 {
+/// Start `sh -c SCRIPT ARGS...` in the cgroup `cg`.
+fn start_sh(cg: Join<'_>, script: &str, args: &[&str]) -> u32 {
     let sh = resolve_program("sh".as_ref()).expect("sh");
     let mut argv: Vec<OsString> = vec!["sh".into(), "-c".into(), script.into()];
     argv.extend(args.iter().map(OsString::from));
     let env = vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into())];
     let plan = SpawnPlan::prepare(&sh, &argv, &env, &[], None)
         .expect("plan")
-        .with_cgroup(procs)
+        .with_cgroup(cg.0, cg.1)
         .expect("cgroup fd");
     spawn(plan).expect("spawn")
 }
 
-fn start_sleep(procs: BorrowedFd<'_>) -> u32 {
-    start_sh(procs, "exec sleep 1000", &[])
+fn start_sleep(cg: Join<'_>) -> u32 {
+    start_sh(cg, "exec sleep 1000", &[])
 }
 
 /// Field `n` (0 = state) after the command name in /proc/PID/stat.
@@ -64,7 +63,11 @@ fn setsid_double_fork_then(stop: impl FnOnce(&GenCgroup)) {
     let file = std::env::temp_dir().join(format!("{name}.grandchild"));
     let _ = std::fs::remove_file(&file);
     let script = r#"setsid sh -c 'sleep 1000 </dev/null >/dev/null 2>&1 & echo $! >"$0.tmp" && mv "$0.tmp" "$0"' "$0"; exec sleep 1000"#;
-    let leader = start_sh(cg.procs_fd(), script, &[file.to_str().expect("utf-8")]);
+    let leader = start_sh(
+        (cg.dir_fd(), cg.procs_fd()),
+        script,
+        &[file.to_str().expect("utf-8")],
+    );
     wait_until("the grandchild's pid file", WAIT, || file.exists());
     let gc: u32 = std::fs::read_to_string(&file)
         .expect("read pid")
@@ -126,7 +129,7 @@ fn a_populated_generation_is_not_removed() {
     let t = TestCgroup::new();
     let gens = Generations::setup_in(&t.hier, &t.cg).expect("setup");
     let cg = gens.create(4).expect("create");
-    let pid = start_sleep(cg.procs_fd());
+    let pid = start_sleep((cg.dir_fd(), cg.procs_fd()));
     let err = cg.remove().expect_err("must not remove a populated cgroup");
     assert!(err.to_string().contains(&pid.to_string()), "{err}");
     assert!(t.path.join("gen-4").is_dir());
@@ -144,7 +147,7 @@ fn stale_generations_of_a_killed_handoff_are_cleaned_at_start() {
     let t = TestCgroup::new();
     // An earlier handoff's generation 7, still serving after that handoff died.
     let gen7 = t.sub("gen-7");
-    let old = start_sleep(TestCgroup::procs(&gen7).as_fd());
+    let old = start_sleep(TestCgroup::fds(&gen7).join());
     assert!(populated(&gen7));
 
     let gens = Generations::setup_in(&t.hier, &t.cg).expect("setup");
@@ -172,23 +175,23 @@ fn stale_generations_of_a_killed_handoff_are_cleaned_at_start() {
 fn a_shared_cgroup_gets_an_instance_cgroup_and_other_handoffs_are_left_alone() {
     let t = TestCgroup::new();
     // Another process in the cgroup: handoff's is not its alone (a shell, a test harness).
-    let neighbour = start_sleep(TestCgroup::procs(&t.path).as_fd());
+    let neighbour = start_sleep(TestCgroup::fds(&t.path).join());
     // A live handoff's generations, in both layouts: never touched.
     let live_own = t.sub("gen-3");
-    let live_own_pid = start_sleep(TestCgroup::procs(&live_own).as_fd());
+    let live_own_pid = start_sleep(TestCgroup::fds(&live_own).join());
     // A live handoff is in its instance's supervisor leaf; its pid need not be visible (it
     // may run in another pid namespace).
     let live_shared = t.sub("handoff.999999998/gen-1");
-    let live_shared_pid = start_sleep(TestCgroup::procs(&live_shared).as_fd());
+    let live_shared_pid = start_sleep(TestCgroup::fds(&live_shared).join());
     let live_sup = t.sub("handoff.999999998/supervisor");
-    let live_sup_pid = start_sleep(TestCgroup::procs(&live_sup).as_fd());
+    let live_sup_pid = start_sleep(TestCgroup::fds(&live_sup).join());
     // An instance without that leaf cannot be judged: left alone too.
     let unknown = t.sub("handoff.999999997/gen-1");
-    let unknown_pid = start_sleep(TestCgroup::procs(&unknown).as_fd());
+    let unknown_pid = start_sleep(TestCgroup::fds(&unknown).join());
     // A dead handoff's: its supervisor leaf is empty. Cleaned.
     let dead = t.sub("handoff.999999999/gen-2");
     let _ = t.sub("handoff.999999999/supervisor");
-    let dead_pid = start_sleep(TestCgroup::procs(&dead).as_fd());
+    let dead_pid = start_sleep(TestCgroup::fds(&dead).join());
 
     let gens = Generations::setup_in(&t.hier, &t.cg).expect("setup");
     assert_eq!(gens.layout(), Layout::Shared);
@@ -213,7 +216,7 @@ fn a_shared_cgroup_gets_an_instance_cgroup_and_other_handoffs_are_left_alone() {
 
     let cg = gens.create(1).expect("create");
     assert_eq!(cg.cgroup(), format!("{}/handoff.{me}/gen-1", t.cg));
-    let pid = start_sleep(cg.procs_fd());
+    let pid = start_sleep((cg.dir_fd(), cg.procs_fd()));
     assert_eq!(cg.pids().expect("pids"), vec![pid]);
     cg.kill().expect("kill");
     assert!(cg.wait_empty(WAIT).expect("events"));
@@ -243,15 +246,19 @@ fn a_child_that_cannot_join_its_cgroup_is_not_started() {
     let t = TestCgroup::new();
     let gens = Generations::setup_in(&t.hier, &t.cg).expect("setup");
     let cg = gens.create(1).expect("create");
-    // Removed behind handoff's back: the write of "0" fails with ENOENT in the child.
+    // Removed behind handoff's back: clone3 refuses CLONE_INTO_CGROUP with ENOENT; a forked
+    // child's write of "0" fails with ENODEV.
     cg.remove().expect("remove");
     let sh = resolve_program("true".as_ref()).expect("true");
-    let plan = SpawnPlan::prepare(&sh, &["true".into()], &[], &[], None)
-        .expect("plan")
-        .with_cgroup(cg.procs_fd())
-        .expect("fd");
-    let err = spawn(plan).expect_err("must not start");
-    assert_eq!(err.raw_os_error(), Some(libc::ENODEV), "{err}");
+    for (method, errno) in [(Method::Clone, libc::ENOENT), (Method::Fork, libc::ENODEV)] {
+        let plan = SpawnPlan::prepare(&sh, &["true".into()], &[], &[], None)
+            .expect("plan")
+            .with_method(method)
+            .with_cgroup(cg.dir_fd(), cg.procs_fd())
+            .expect("fd");
+        let err = spawn(plan).expect_err("must not start");
+        assert_eq!(err.raw_os_error(), Some(errno), "{method:?}: {err}");
+    }
 }
 
 #[test]
@@ -271,7 +278,7 @@ fn setup_in_the_real_own_cgroup_and_nothing_left_after() {
         assert!(gens.path().ends_with(format!("handoff.{me}")));
     }
     let cg = gens.create(1).expect("create");
-    let pid = start_sleep(cg.procs_fd());
+    let pid = start_sleep((cg.dir_fd(), cg.procs_fd()));
     let _guard = KillOnDrop(pid);
     assert_eq!(cg.pids().expect("pids"), vec![pid]);
     cg.kill().expect("kill");

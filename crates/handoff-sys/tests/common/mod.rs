@@ -69,14 +69,34 @@ impl TestCgroup {
         p
     }
 
-    /// `cgroup.procs` of `dir`, opened for writing (for SpawnPlan::with_cgroup).
-    pub fn procs(dir: &Path) -> std::fs::File {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(dir.join("cgroup.procs"))
-            .expect("open cgroup.procs")
+    /// The cgroup `dir` and its `cgroup.procs` opened for writing (for
+    /// SpawnPlan::with_cgroup).
+    pub fn fds(dir: &Path) -> CgFds {
+        CgFds {
+            dir: std::fs::File::open(dir).expect("open the cgroup"),
+            procs: std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join("cgroup.procs"))
+                .expect("open cgroup.procs"),
+        }
     }
 }
+
+/// A cgroup's directory and `cgroup.procs`, as SpawnPlan::with_cgroup takes them.
+pub struct CgFds {
+    pub dir: std::fs::File,
+    pub procs: std::fs::File,
+}
+
+impl CgFds {
+    pub fn join(&self) -> Join<'_> {
+        use std::os::fd::AsFd;
+        (self.dir.as_fd(), self.procs.as_fd())
+    }
+}
+
+/// (directory, cgroup.procs) of a cgroup to start a child in.
+pub type Join<'a> = (std::os::fd::BorrowedFd<'a>, std::os::fd::BorrowedFd<'a>);
 
 pub fn populated(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join("cgroup.events"))
