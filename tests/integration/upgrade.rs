@@ -74,6 +74,8 @@ fn upgrade_under_load_fails_no_request_and_keeps_pid_generations_and_sockets() {
         "ok"
     );
     wait_until("a response from generation 2", WAIT, || load.answered(2));
+    // Generation 1 must be gone before the rounds compare generations before and after.
+    h.wait("drained", &[("gen", 1.into())]);
     let fds_at_start = fds(h.pid);
     let mut fds_after_first = Vec::new();
     for round in 1..=3u64 {

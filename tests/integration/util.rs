@@ -644,9 +644,15 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// /proc/PID/environ as a map.
+/// /proc/PID/environ as a map. handoff logs a spawn once the kernel has switched the child
+/// to its new program, a moment before the new environment block is set up (it reads empty
+/// then): wait for it to appear. Every child handoff starts has an environment.
 pub fn environ(pid: u32) -> HashMap<String, String> {
-    let raw = std::fs::read(format!("/proc/{pid}/environ")).expect("read environ");
+    let mut raw = Vec::new();
+    wait_until("the child's environment", WAIT, || {
+        raw = std::fs::read(format!("/proc/{pid}/environ")).expect("read environ");
+        !raw.is_empty()
+    });
     raw.split(|b| *b == 0)
         .filter_map(|kv| {
             let s = String::from_utf8_lossy(kv);

@@ -346,6 +346,20 @@ impl NotifySocket {
         Ok(Self { fd, path })
     }
 
+    /// Throw away the datagrams queued so far (at most 1024; their fds are closed): on a
+    /// socket bound before its generation's child exists, none of them is the child's.
+    /// Returns how many there were.
+    pub fn discard_pending(&self) -> usize {
+        let mut n = 0;
+        while n < 1024 {
+            match recv_one(self.fd.as_raw_fd()) {
+                Ok(Received::Empty) | Err(_) => break,
+                Ok(_) => n += 1,
+            }
+        }
+        n
+    }
+
     /// The value for the child's `NOTIFY_SOCKET`.
     pub fn path(&self) -> &Path {
         &self.path

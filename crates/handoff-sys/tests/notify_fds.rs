@@ -76,4 +76,14 @@ fn fds_in_notify_datagrams_are_all_closed_up_to_the_kernel_maximum() {
     );
     assert_eq!(sock.recv().expect("recv"), Received::Empty);
     assert_eq!(open_fds(), before);
+
+    // A spare socket (bound before its child exists) is emptied before use, fds closed too:
+    // whatever a stranger queued there is thrown away, and nothing else.
+    for n in [3, 0, 253] {
+        assert_eq!(send_with_fds(sock.path(), n).expect("sendmsg"), 9);
+    }
+    // A unix datagram is in the receiver's queue once sendmsg has returned.
+    assert_eq!(sock.discard_pending(), 3);
+    assert_eq!(sock.recv().expect("recv"), Received::Empty);
+    assert_eq!(open_fds(), before);
 }
