@@ -153,9 +153,19 @@ pub struct Driver {
     proofs: HashMap<(GenId, usize), Proof>,
     /// Each listener's accept queue, watched for connections nobody accepts.
     queues: Vec<QueueWatch>,
-    /// The notify socket of the next generation, bound once the last one has started, so
-    /// that a reload does not wait for a bind in the filesystem (~0.1 ms).
-    spare_notify: Option<(GenId, NotifySocket)>,
+    /// The next generation, prepared once the last one has started (its notify socket bound,
+    /// its environment and plan built), so that a reload goes straight to the clone.
+    spare: Option<Prepared>,
+}
+
+/// A generation's child, prepared up to the clone (see [`Driver::prepare`]).
+struct Prepared {
+    gen: GenId,
+    sock: NotifySocket,
+    plan: spawn::SpawnPlan,
+    adopt: Option<handoff_sys::adopt::ParentSide>,
+    /// [`Driver::listener_ids`] when prepared.
+    listeners: Vec<(u64, u64)>,
 }
 
 /// A generation that has exec'd, with what [`Driver::finish_start`] watches it by.
@@ -206,7 +216,7 @@ impl Driver {
             exit: None,
             proofs: HashMap::new(),
             queues: Vec::new(),
-            spare_notify: None,
+            spare: None,
         }
     }
 
@@ -462,10 +472,7 @@ impl Driver {
                         pid: started.pid,
                     });
                     self.finish_start(gen, started);
-                    // Generations are numbered in order: the next one to start is gen + 1.
-                    self.spare_notify = NotifySocket::bind(&self.runtime_dir, gen + 1)
-                        .ok()
-                        .map(|s| (gen + 1, s));
+                    self.prepare_spare(gen);
                 }
                 Err(error) => self.handle(Event::SpawnFailed { gen, error }),
             },
@@ -538,6 +545,8 @@ impl Driver {
                 }
                 // Dropping closes handoff's copy; the draining generations hold theirs. The
                 // service manager keeps its own (socket unit, fd store) for the next start.
+                // The spare holds copies too: no generation starts after this.
+                self.spare = None;
                 self.listeners.retain(|l| l.kept_by_manager());
                 if let Some(a) = &self.services.adopt {
                     a.listeners_changed(&self.listeners);
@@ -670,9 +679,9 @@ impl Driver {
             handoff_sys::upgrade::unblock_signals();
             return;
         }
-        // The spare notify socket does not cross (the next image binds its own): remove its
-        // file now, which the exec would leave behind.
-        self.spare_notify = None;
+        // The spare does not cross (the next image prepares its own): remove its notify
+        // socket's file now, which the exec would leave behind.
+        self.spare = None;
         // No bind may be left received and unanswered by a thread the exec ends: stop the
         // adoption watches (their fds stay open and cross the exec).
         if let Some(a) = &mut self.services.adopt {
@@ -800,52 +809,32 @@ impl Driver {
             },
             None => None,
         };
-        let sock = match self.spare_notify.take() {
-            Some((g, sock)) if g == gen => {
+        // A spare for another generation or stale listeners is dropped first: dropping it
+        // removes its socket file, which may be the path about to be bound again.
+        let spare = self
+            .spare
+            .take()
+            .filter(|p| p.gen == gen && p.listeners == self.listener_ids());
+        let Prepared {
+            sock, plan, adopt, ..
+        } = match spare {
+            Some(p) => {
                 // Nothing sent before the child exists can be the child's.
-                sock.discard_pending();
-                sock
+                p.sock.discard_pending();
+                p
             }
-            _ => NotifySocket::bind(&self.runtime_dir, gen)
-                .map_err(|e| format!("cannot create notify socket: {e}"))?,
+            None => {
+                let sock = NotifySocket::bind(&self.runtime_dir, gen)
+                    .map_err(|e| format!("cannot create notify socket: {e}"))?;
+                self.prepare(gen, sock)?
+            }
         };
-        let starter: Vec<Option<String>> =
-            self.listeners.iter().map(|l| l.starter_addr()).collect();
-        let names: Vec<ListenerEnv> = self
-            .listeners
-            .iter()
-            .zip(&starter)
-            .map(|(l, s)| ListenerEnv {
-                name: &l.name,
-                starter_addr: s.as_deref(),
-            })
-            .collect();
-        let env = child_env::generation(&self.child.base_env, &names, gen, sock.path().as_os_str());
-        let fds: Vec<BorrowedFd<'_>> = self.listeners.iter().map(|l| l.as_fd()).collect();
         handoff_sys::listeners::reassert_backlogs(&self.listeners); // undo a child's listen(fd, 2)
-        let plan = spawn::SpawnPlan::prepare(
-            &self.child.program,
-            &self.child.argv,
-            &env,
-            &fds,
-            self.child.creds.clone(),
-        )
-        .map_err(|e| format!("cannot prepare {}: {e}", self.child.program.display()))?
-        .with_death_signal(self.child.stop_signal);
-        let plan = if self.child.listen_pid {
-            plan
-        } else {
-            plan.without_listen_pid()
-        };
         let plan = match &cgroup {
             Some(cg) => plan
                 .with_cgroup(cg.dir_fd(), cg.procs_fd())
                 .map_err(|e| format!("cannot prepare {}: {e}", self.child.program.display()))?,
             None => plan,
-        };
-        let (plan, adopt) = match &self.services.adopt {
-            Some(a) => a.prepare(gen, plan),
-            None => (plan, None),
         };
         let pid = spawn::spawn(plan).map_err(|e| {
             let program = self.child.program.display();
@@ -864,6 +853,70 @@ impl Driver {
             cgroup,
             adopt,
         })
+    }
+
+    /// Everything generation `gen`'s child needs up to the clone, around its notify socket.
+    fn prepare(&self, gen: GenId, sock: NotifySocket) -> Result<Prepared, String> {
+        let starter: Vec<Option<String>> =
+            self.listeners.iter().map(|l| l.starter_addr()).collect();
+        let names: Vec<ListenerEnv> = self
+            .listeners
+            .iter()
+            .zip(&starter)
+            .map(|(l, s)| ListenerEnv {
+                name: &l.name,
+                starter_addr: s.as_deref(),
+            })
+            .collect();
+        let env = child_env::generation(&self.child.base_env, &names, gen, sock.path().as_os_str());
+        let fds: Vec<BorrowedFd<'_>> = self.listeners.iter().map(|l| l.as_fd()).collect();
+        let plan = spawn::SpawnPlan::prepare(
+            &self.child.program,
+            &self.child.argv,
+            &env,
+            &fds,
+            self.child.creds.clone(),
+        )
+        .map_err(|e| format!("cannot prepare {}: {e}", self.child.program.display()))?
+        .with_death_signal(self.child.stop_signal);
+        let plan = if self.child.listen_pid {
+            plan
+        } else {
+            plan.without_listen_pid()
+        };
+        let (plan, adopt) = match &self.services.adopt {
+            Some(a) => a.prepare(gen, plan),
+            None => (plan, None),
+        };
+        Ok(Prepared {
+            gen,
+            sock,
+            plan,
+            adopt,
+            listeners: self.listener_ids(),
+        })
+    }
+
+    /// Once generation `gen` has started, prepare gen + 1 (generations are numbered in
+    /// order), so that the next reload goes straight to the clone. Best effort: if anything
+    /// fails here, the spawn prepares again and reports it.
+    fn prepare_spare(&mut self, gen: GenId) {
+        self.spare = NotifySocket::bind(&self.runtime_dir, gen + 1)
+            .ok()
+            .and_then(|sock| self.prepare(gen + 1, sock).ok());
+    }
+
+    /// Which sockets the listeners are (device and inode of each): a listener re-created
+    /// since a spare was prepared makes the spare's copies stale.
+    fn listener_ids(&self) -> Vec<(u64, u64)> {
+        self.listeners
+            .iter()
+            .map(|l| {
+                nix::sys::stat::fstat(l.as_fd())
+                    .map(|st| (st.st_dev, st.st_ino))
+                    .unwrap_or((0, 0))
+            })
+            .collect()
     }
 
     /// Watch a generation that has just exec'd: its cgroup, its bind adoption, its notify
@@ -896,6 +949,7 @@ impl Driver {
             }
             match l.restore() {
                 Ok(()) => {
+                    self.spare = None; // it holds a copy of the broken one
                     warn!(event = "listener_restored", gen, index = i, addr = %l.local, msg = "listener stopped listening (a process called shutdown() on it); re-created it",
                         "listener {} stopped listening after generation {gen} exited (a process called shutdown() on it); re-created it", l.local);
                     restore_in_store(self.services.manager.as_ref(), l);

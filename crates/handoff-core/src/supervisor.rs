@@ -1065,6 +1065,7 @@ impl Supervisor {
             }
             return;
         }
+        let mark = self.actions.len();
         if let ReplyTo::Now(r) = reply {
             self.reply(r, Outcome::ReloadRequested);
         }
@@ -1091,6 +1092,18 @@ impl Supervisor {
         // An explicit request overrides a pending back-off: the operator likely deployed a fix.
         self.timers.cancel(Timer::Restart);
         self.begin_reload(restart, now, now, waiters);
+        // The new generation's spawn goes before the answer and the report of this request,
+        // as stop signals go before the reports of a hand-over: no write delays the child.
+        let spawn = self
+            .actions
+            .iter()
+            .skip(mark)
+            .position(|a| matches!(a, Action::Spawn { .. }));
+        if let Some(at) = spawn {
+            if let Some(a) = self.actions.remove(mark + at) {
+                self.actions.insert(mark, a);
+            }
+        }
     }
 
     /// Start a reload: the reload signal to the serving generation (`--reload-signal`, unless
@@ -1589,6 +1602,8 @@ impl Supervisor {
     ) {
         let id = self.next_gen;
         self.next_gen += 1;
+        // The spawn first: the message to the service manager must not delay the child.
+        self.actions.push_back(Action::Spawn { gen: id });
         if reason == StartReason::Reload {
             self.reloads += 1;
             self.tell(ManagerMessage::Reloading { gen: id });
@@ -1607,7 +1622,6 @@ impl Supervisor {
             prove: false,
             ready_by: None,
         });
-        self.actions.push_back(Action::Spawn { gen: id });
     }
 
     fn become_ready(&mut self, i: usize, by: ReadyBy, now: Instant) {

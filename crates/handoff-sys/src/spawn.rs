@@ -535,7 +535,10 @@ fn clone_spawn(_plan: &mut SpawnPlan) -> Cloned {
 /// of its own. Returns when it has exec'd or exited.
 #[cfg(target_arch = "x86_64")]
 fn clone_spawn(plan: &mut SpawnPlan) -> Cloned {
-    let stack = match ChildStack::new() {
+    // One stack, kept between spawns (they never overlap: the caller sleeps until exec);
+    // unmapping it each time would cost a TLB shootdown on every CPU running handoff.
+    let mut kept = STACK.lock().unwrap_or_else(|e| e.into_inner());
+    let stack = match kept.take().map_or_else(ChildStack::new, Ok) {
         Ok(s) => s,
         Err(e) => return Cloned::Failed(e),
     };
@@ -555,7 +558,8 @@ fn clone_spawn(plan: &mut SpawnPlan) -> Cloned {
     // sleeps until the child has exec'd or exited); child_entry gets the plan, which lives
     // on this thread's stack frame for as long, and only makes async-signal-safe calls.
     let ret = unsafe { clone3_vfork(&args, child_entry, (plan as *mut SpawnPlan).cast()) };
-    drop(stack);
+    *kept = Some(stack);
+    drop(kept);
     if ret < 0 {
         return Cloned::Refused(io::Error::from_raw_os_error(-ret as i32));
     }
@@ -602,6 +606,10 @@ struct CloneArgs {
 #[cfg(target_arch = "x86_64")]
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
+/// The cloned child's stack, kept between spawns.
+#[cfg(target_arch = "x86_64")]
+static STACK: std::sync::Mutex<Option<ChildStack>> = std::sync::Mutex::new(None);
+
 /// The cloned child's stack: 128 KiB mapped on demand (`MAP_NORESERVE`), with a guard page
 /// below it so that an overflow faults instead of writing into handoff's memory.
 #[cfg(target_arch = "x86_64")]
@@ -611,6 +619,11 @@ struct ChildStack {
     base: *mut u8,
     len: usize,
 }
+
+// SAFETY: the mapping is owned by the value and used by one spawn at a time (under STACK's
+// lock); nothing else points into it.
+#[cfg(target_arch = "x86_64")]
+unsafe impl Send for ChildStack {}
 
 #[cfg(target_arch = "x86_64")]
 impl ChildStack {

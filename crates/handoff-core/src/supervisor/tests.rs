@@ -258,11 +258,13 @@ fn failed_outcome(
     }
 }
 
+/// A reload request that starts generation `gen`: its spawn goes first, so that no log write
+/// or message to the manager delays the child.
 fn reload_started(gen: GenId) -> Vec<Action> {
     vec![
+        spawn(gen),
         rep(Report::ReloadRequested { coalesced: false }),
         tell(ManagerMessage::Reloading { gen }),
-        spawn(gen),
     ]
 }
 
@@ -400,8 +402,8 @@ fn reload_during_the_first_start_runs_after_it() {
                 after: Duration::ZERO
             }),
             tell(ManagerMessage::Ready { gen: 1, pid: 100 }),
-            tell(ManagerMessage::Reloading { gen: 2 }),
             spawn(2),
+            tell(ManagerMessage::Reloading { gen: 2 }),
         ]
     );
 }
@@ -483,8 +485,8 @@ fn a_no_wait_reload_request_is_answered_at_once() {
         reply: ReplyTo::Now(3),
         restart: false,
     });
-    let mut want = vec![reply(3, Outcome::ReloadRequested)];
-    want.extend(reload_started(2));
+    let mut want = reload_started(2);
+    want.insert(1, reply(3, Outcome::ReloadRequested));
     assert_eq!(a, want);
     h.spawned(2, 200);
     let a = h.ready(2);
@@ -696,7 +698,7 @@ fn reloads_during_a_start_coalesce_into_one_more_and_every_waiter_gets_it() {
     assert_eq!(replies, vec![1], "only the first waited for generation 2");
     assert_eq!(
         a[a.len() - 2..],
-        [tell(ManagerMessage::Reloading { gen: 3 }), spawn(3)],
+        [spawn(3), tell(ManagerMessage::Reloading { gen: 3 })],
         "exactly one more reload after the first"
     );
     h.spawned(3, 300);
@@ -722,7 +724,7 @@ fn pending_reload_runs_after_a_failed_one() {
     let a = h.exited(200, 1);
     assert_eq!(
         a[a.len() - 2..],
-        [tell(ManagerMessage::Reloading { gen: 3 }), spawn(3)]
+        [spawn(3), tell(ManagerMessage::Reloading { gen: 3 })]
     );
     assert_eq!(h.sup.serving(), Some((1, 100)));
 }
@@ -1426,7 +1428,10 @@ fn a_burst_of_file_changes_gives_one_reload_after_the_quiet_time() {
     assert_eq!(a, vec![rep(Report::ReloadRequested { coalesced: false })]);
     h.spawned(2, 200);
     let a = h.ready(2);
-    assert_eq!(a.last(), Some(&spawn(3)));
+    assert_eq!(
+        a[a.len() - 2..],
+        [spawn(3), tell(ManagerMessage::Reloading { gen: 3 })]
+    );
 }
 
 #[test]
@@ -1871,7 +1876,7 @@ fn reloads_during_a_reload_in_place_coalesce_and_a_restart_among_them_wins() {
     let a = h.advance(ms(500)); // the first ends (signal delivered); the coalesced one starts
     assert_eq!(
         a[a.len() - 2..],
-        [tell(ManagerMessage::Reloading { gen: 2 }), spawn(2)],
+        [spawn(2), tell(ManagerMessage::Reloading { gen: 2 })],
         "{a:?}"
     );
 }
