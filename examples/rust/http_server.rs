@@ -3,10 +3,15 @@
 //!     handoff --listen 127.0.0.1:8080 -- target/release/examples/http-server [--ready-delay-ms N]
 //!     target/release/examples/http-server --bind 127.0.0.1:8080   # no handoff: the baseline
 //!     start_server --port 127.0.0.1:8080 -- target/release/examples/http-server  # Server::Starter
+//!     einhorn -m manual -b 127.0.0.1:8080 -- target/release/examples/http-server  # einhorn
 //!
-//! Under handoff it takes its listener from fd 3 (checking LISTEN_PID strictly, exit 97 if it
-//! is not our pid); under Server::Starter, the first fd in SERVER_STARTER_PORT. It sends
-//! READY=1 to $NOTIFY_SOCKET (if set) once ready, and on SIGTERM/SIGINT stops accepting,
+//! Under handoff (or systemd) it takes its listener from fd 3 (checking LISTEN_PID strictly,
+//! exit 97 if it is not our pid); under einhorn, the fd in EINHORN_FD_0; under
+//! Server::Starter, the first fd in SERVER_STARTER_PORT. Once ready it sends READY=1 to
+//! $NOTIFY_SOCKET (if set) and, under einhorn, einhorn's manual ACK
+//! (`{"command":"worker:ack","pid":PID}` and a newline, on a connection to
+//! $EINHORN_SOCK_PATH). On SIGTERM/SIGINT (and SIGUSR2 under einhorn, its graceful-stop
+//! signal) it stops accepting,
 //! answers the requests in flight with `Connection: close`, closes keep-alive connections
 //! idle for `--drain-idle-ms` (default 1000), prints one summary line on stderr and exits 0,
 //! after at most ~5 s. One thread per connection, std + libc only.
@@ -60,6 +65,11 @@ fn main() {
             _ => usage(&format!("unknown argument {arg}")),
         }
     }
+    // Under einhorn: its fd, its ACK once ready, and SIGUSR2 (its graceful stop) drains like
+    // SIGTERM. Only when neither --bind nor LISTEN_FDS is given.
+    let einhorn = bind.is_none()
+        && std::env::var_os("LISTEN_FDS").is_none()
+        && std::env::var_os("EINHORN_FD_COUNT").is_some();
     let listener = match (bind, std::env::var("LISTEN_FDS")) {
         (Some(addr), _) => {
             let l = TcpListener::bind(&addr).unwrap_or_else(|e| usage(&format!("{addr}: {e}")));
@@ -84,6 +94,19 @@ fn main() {
             // SAFETY: fd 3 is the listening socket handoff passed to us; nothing else owns it.
             unsafe { TcpListener::from_raw_fd(3) }
         }
+        // einhorn (`-b ADDR`): EINHORN_FD_COUNT=1, EINHORN_FD_0=6 (its fd number).
+        (None, Err(_)) if einhorn => {
+            let (n, fd) = (
+                std::env::var("EINHORN_FD_COUNT").unwrap_or_default(),
+                std::env::var("EINHORN_FD_0").unwrap_or_default(),
+            );
+            let fd = match (n.parse::<u32>(), fd.parse::<libc::c_int>()) {
+                (Ok(n), Ok(fd)) if n >= 1 && fd >= 0 => fd,
+                _ => usage(&format!("bad EINHORN_FD_COUNT={n:?} / EINHORN_FD_0={fd:?}")),
+            };
+            // SAFETY: einhorn passed this listening socket to us; nothing else owns it.
+            unsafe { TcpListener::from_raw_fd(fd) }
+        }
         // Server::Starter (`start_server`): SERVER_STARTER_PORT=`127.0.0.1:8080=3;...`; we
         // take the fd after the last '=' of the first entry (handoff sets it too, but then
         // LISTEN_FDS wins above).
@@ -97,14 +120,19 @@ fn main() {
                 // SAFETY: start_server passed this listening socket to us; nothing else owns it.
                 unsafe { TcpListener::from_raw_fd(fd) }
             }
-            Err(_) => usage("neither LISTEN_FDS, SERVER_STARTER_PORT nor --bind"),
+            Err(_) => usage("neither LISTEN_FDS, EINHORN_FD_COUNT, SERVER_STARTER_PORT nor --bind"),
         },
     };
     // Non-blocking: during a reload the old and new generations share the socket, and a
     // blocking accept() could wait forever for a connection the other process took.
     listener.set_nonblocking(true).expect("set_nonblocking");
     let handler = on_stop as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    for sig in [libc::SIGTERM, libc::SIGINT] {
+    let signals: &[libc::c_int] = if einhorn {
+        &[libc::SIGTERM, libc::SIGINT, libc::SIGUSR2]
+    } else {
+        &[libc::SIGTERM, libc::SIGINT]
+    };
+    for &sig in signals {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { libc::signal(sig, handler) };
     }
@@ -123,6 +151,9 @@ fn main() {
         if let Err(e) = sent {
             say(format_args!("cannot notify {path:?}: {e}"));
         }
+    }
+    if einhorn {
+        einhorn_ack();
     }
 
     let body = format!(
@@ -179,6 +210,23 @@ fn main() {
         IO_ERRORS.load(SeqCst)
     ));
     std::process::exit(0);
+}
+
+/// einhorn's manual ACK (`einhorn -m manual`): one line on its command socket,
+/// `{"command":"worker:ack","pid":PID}` (JSON, which its YAML parser reads), then close.
+fn einhorn_ack() {
+    let Some(path) = std::env::var_os("EINHORN_SOCK_PATH") else {
+        return say(format_args!("EINHORN_SOCK_PATH is not set: no ACK sent"));
+    };
+    let line = format!(
+        "{{\"command\":\"worker:ack\",\"pid\":{}}}\n",
+        std::process::id()
+    );
+    let sent = std::os::unix::net::UnixStream::connect(&path)
+        .and_then(|mut s| s.write_all(line.as_bytes()));
+    if let Err(e) = sent {
+        say(format_args!("cannot ACK to einhorn at {path:?}: {e}"));
+    }
 }
 
 /// Serves HTTP/1.1 requests (GET/HEAD without body) on one connection until it closes.
