@@ -164,6 +164,7 @@ struct Prepared {
     sock: NotifySocket,
     plan: spawn::SpawnPlan,
     adopt: Option<handoff_sys::adopt::ParentSide>,
+    cgroup: Option<GenCgroup>,
     /// [`Driver::listener_ids`] when prepared.
     listeners: Vec<(u64, u64)>,
 }
@@ -799,16 +800,6 @@ impl Driver {
     /// then watches it.
     fn spawn(&mut self, gen: GenId) -> Result<Started, String> {
         self.recreate_deleted_files(gen);
-        let cgroup = match &self.services.cgroups {
-            Some(all) => match all.create(gen) {
-                Ok(cg) => Some(cg),
-                Err(e) => {
-                    warn!(event = "cgroup_error", gen, error = %e, msg = "cannot create the generation's cgroup; tracked by its process group", "cannot create the cgroup of generation {gen}: {e}; it is tracked by its process group");
-                    None
-                }
-            },
-            None => None,
-        };
         // A spare for another generation or stale listeners is dropped first: dropping it
         // removes its socket file, which may be the path about to be bound again.
         let spare = self
@@ -816,7 +807,11 @@ impl Driver {
             .take()
             .filter(|p| p.gen == gen && p.listeners == self.listener_ids());
         let Prepared {
-            sock, plan, adopt, ..
+            sock,
+            plan,
+            adopt,
+            cgroup,
+            ..
         } = match spare {
             Some(p) => {
                 // Nothing sent before the child exists can be the child's.
@@ -830,12 +825,6 @@ impl Driver {
             }
         };
         handoff_sys::listeners::reassert_backlogs(&self.listeners); // undo a child's listen(fd, 2)
-        let plan = match &cgroup {
-            Some(cg) => plan
-                .with_cgroup(cg.dir_fd(), cg.procs_fd())
-                .map_err(|e| format!("cannot prepare {}: {e}", self.child.program.display()))?,
-            None => plan,
-        };
         let pid = spawn::spawn(plan).map_err(|e| {
             let program = self.child.program.display();
             match spawn::missing_interpreter(&self.child.program) {
@@ -855,8 +844,19 @@ impl Driver {
         })
     }
 
-    /// Everything generation `gen`'s child needs up to the clone, around its notify socket.
+    /// Everything generation `gen`'s child needs up to the clone, around its notify socket:
+    /// its environment, its plan, its cgroup (with `--cgroups`), its adoption channel.
     fn prepare(&self, gen: GenId, sock: NotifySocket) -> Result<Prepared, String> {
+        let cgroup = match &self.services.cgroups {
+            Some(all) => match all.create(gen) {
+                Ok(cg) => Some(cg),
+                Err(e) => {
+                    warn!(event = "cgroup_error", gen, error = %e, msg = "cannot create the generation's cgroup; tracked by its process group", "cannot create the cgroup of generation {gen}: {e}; it is tracked by its process group");
+                    None
+                }
+            },
+            None => None,
+        };
         let starter: Vec<Option<String>> =
             self.listeners.iter().map(|l| l.starter_addr()).collect();
         let names: Vec<ListenerEnv> = self
@@ -884,6 +884,12 @@ impl Driver {
         } else {
             plan.without_listen_pid()
         };
+        let plan = match &cgroup {
+            Some(cg) => plan
+                .with_cgroup(cg.dir_fd(), cg.procs_fd())
+                .map_err(|e| format!("cannot prepare {}: {e}", self.child.program.display()))?,
+            None => plan,
+        };
         let (plan, adopt) = match &self.services.adopt {
             Some(a) => a.prepare(gen, plan),
             None => (plan, None),
@@ -893,6 +899,7 @@ impl Driver {
             sock,
             plan,
             adopt,
+            cgroup,
             listeners: self.listener_ids(),
         })
     }
