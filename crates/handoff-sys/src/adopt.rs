@@ -3,7 +3,7 @@
 //!
 //! # Mechanism
 //! - Before fork, [`channel`] builds the seccomp BPF program ([`program`]) and a socketpair.
-//! - Between fork and exec, [`ChildSide::install`] (called by `spawn::child_exec`, before the
+//! - Between clone and exec, [`ChildSide::install`] (called by `spawn::child_exec`, before the
 //!   privilege drop so that a root handoff needs no `NO_NEW_PRIVS`) installs the filter with
 //!   `SECCOMP_FILTER_FLAG_NEW_LISTENER` and sends the notification fd to handoff with
 //!   `SCM_RIGHTS`. Async-signal-safe syscalls only, nothing allocated.
@@ -225,8 +225,10 @@ impl ChildSide {
         unsafe { send_fd(self.sock.as_raw_fd(), fd, &report) };
         if fd >= 0 {
             // The server must not hold its own notification fd.
-            // SAFETY: closing the fd seccomp just returned.
-            unsafe { libc::close(fd) };
+            // SAFETY: closing the fd seccomp just returned. The raw syscall: glibc's close is a
+            // cancellation point, which touches the calling thread's descriptor (handoff's, in
+            // a CLONE_VM child).
+            unsafe { libc::syscall(libc::SYS_close, fd) };
         }
     }
 }
@@ -259,8 +261,15 @@ unsafe fn send_fd(sock: RawFd, fd: RawFd, report: &Report) {
             std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
         }
     }
-    // SAFETY: msg points at live stack memory.
-    unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+    // SAFETY: msg points at live stack memory. The raw syscall, as for close above.
+    unsafe {
+        libc::syscall(
+            libc::SYS_sendmsg,
+            sock,
+            &msg as *const libc::msghdr,
+            libc::MSG_NOSIGNAL,
+        )
+    };
 }
 
 /// How the filter went in a child.

@@ -4,7 +4,7 @@
 //! ```text
 //!   <own>                  handoff's cgroup (/proc/self/cgroup, the `0::` line)
 //!   ├── supervisor         handoff itself, only if <own> has controllers enabled
-//!   ├── gen-1              one per generation; the child joins it between fork and exec
+//!   ├── gen-1              one per generation; the child is created in it (or joins it before exec)
 //!   └── gen-2
 //! ```
 //!

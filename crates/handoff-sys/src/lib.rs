@@ -2,8 +2,9 @@
 //!
 //! Invariants:
 //! - every fd handoff opens is close-on-exec; only [`spawn`] places listeners at 3.. in a child;
-//! - exactly one reaper ([`reaper::reap_one`]) calls `waitpid`;
-//! - between fork and exec only async-signal-safe calls on memory prepared before the fork.
+//! - exactly one reaper ([`reaper::reap_one`]) calls `waitpid`, but for a child that failed
+//!   before its exec, which [`spawn`] reaps itself;
+//! - between clone (or fork) and exec only async-signal-safe calls on memory prepared before.
 //! - cgroups are only created, killed and removed under handoff's own cgroup, through fds
 //!   opened without following links ([`cgroup`]).
 pub mod accepting;
