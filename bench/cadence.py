@@ -784,7 +784,6 @@ def handoff_figures(h, mark, args):
         "finished_ok": sum(e.get("result") == "ok" for e in fin),
         "finished_failed": sum(e.get("result") != "ok" for e in fin),
         "spawned": sum(e.get("event") == "spawned" for e in evs),
-        "reload_ms": dist(of("reload_finished", "duration_ms")),
         "ready_ms": dist(of("ready", "ready_ms")),
         "spawn_ms": dist(of("spawned", "request_to_spawn_ms")),
         "drain_ms": dist(of("drained", "drain_ms")),
@@ -1019,9 +1018,10 @@ def report(args, res, info):
             f"generations spawned: {r['spawned']}  ")
         add("- per reload, p50 / p99 / max: " + "; ".join(
             f"{label} {ms(r[k]['p50'])} / {ms(r[k]['p99'])} / {ms(r[k]['max'])} ms"
-            for label, k in (("SIGHUP → spawned", "spawn_ms"), ("spawned → READY=1", "ready_ms"),
-                             ("whole reload", "reload_ms"), ("old generation's drain",
-                                                             "drain_ms"))) + "  ")
+            for label, k in (("SIGHUP → spawned (`request_to_spawn_ms`)", "spawn_ms"),
+                             ("spawned → READY=1 (`ready_ms`; `reload_finished` follows at "
+                              "once)", "ready_ms"),
+                             ("the old generation's drain (`drain_ms`)", "drain_ms"))) + "  ")
         add(f"- drained generations' exit statuses: "
             f"{', '.join(f'{k} ×{v}' for k, v in r['drain_status'].items()) or 'none'}; "
             f"warnings/errors/failed/exited/killed events: {dict(r['odd']) or 'none'}; the "
