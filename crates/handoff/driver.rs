@@ -25,7 +25,7 @@ use handoff_core::accepting::{self as acc, ListenerWait, QueueChange, QueueWatch
 use handoff_core::child_env::{self, Env, ListenerEnv};
 use handoff_core::signal::Signal;
 use handoff_core::supervisor::{
-    Action, Event, ExitStatus, GenId, Pid, ReplyTo, RequestId, Supervisor, Target,
+    Action, Event, ExitStatus, GenId, Pid, ReplyTo, Report, RequestId, Supervisor, Target,
 };
 use handoff_sys::accepting::{self, AcceptProbe};
 use handoff_sys::cgroup::{GenCgroup, Generations};
@@ -153,6 +153,9 @@ pub struct Driver {
     proofs: HashMap<(GenId, usize), Proof>,
     /// Each listener's accept queue, watched for connections nobody accepts.
     queues: Vec<QueueWatch>,
+    /// When the last `Action::Signal` went out, for the hand-over latency of the `Stopping`
+    /// report that follows it.
+    signal_sent: Option<(GenId, Instant)>,
     /// The next generation, prepared once the last one has started (its notify socket bound,
     /// its environment and plan built), so that a reload goes straight to the clone.
     spare: Option<Prepared>,
@@ -218,6 +221,7 @@ impl Driver {
             proofs: HashMap::new(),
             queues: Vec::new(),
             spare: None,
+            signal_sent: None,
         }
     }
 
@@ -483,6 +487,9 @@ impl Driver {
                 target,
                 signal,
             } => {
+                // Stamped as the signal goes out: the process it wakes may run on this CPU
+                // before handoff does again, which is not handoff's latency.
+                self.signal_sent = Some((gen, Instant::now()));
                 let res = match (target, self.cgroup_of.get(&gen)) {
                     (Target::Leader, _) => kill::signal(pid, signal),
                     // The cgroup holds every process of the generation, also workers that
@@ -612,7 +619,11 @@ impl Driver {
                 if let Some(m) = &self.metrics {
                     m.observe(&r);
                 }
-                logging::report(&r);
+                let sent = match (&r, self.signal_sent.take()) {
+                    (Report::Stopping { gen, .. }, Some((g, at))) if *gen == g => Some(at),
+                    _ => None,
+                };
+                logging::report_sent(&r, sent);
             }
             Action::Exit(code) => self.exit = Some(code),
             Action::CheckUpgrade { binary } => self.want_check = Some(binary),

@@ -23,7 +23,7 @@
 use std::fmt::{self, Write as _};
 use std::io::{self, Write};
 use std::sync::OnceLock;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use handoff_core::supervisor::{FailReason, KillReason, Report};
 use tracing::field::{Field, Visit};
@@ -389,6 +389,11 @@ fn ms(d: std::time::Duration) -> f64 {
 /// reload failed (nothing serves, a generation failed to start, a reload failed, a process
 /// that cannot be killed), WARN when something needed force or was refused, INFO otherwise.
 pub fn report(r: &Report) {
+    report_sent(r, None);
+}
+
+/// [`report`], with when the stop signal of a `Stopping` report went out (`None`: now).
+pub fn report_sent(r: &Report, sent: Option<Instant>) {
     match r {
         Report::ReloadRequested { coalesced } => {
             if *coalesced {
@@ -430,10 +435,10 @@ pub fn report(r: &Report) {
             signal,
             handover_from,
         } => {
-            // The hand-over latency: READY=1 received → old generation told to stop. This
-            // report comes right after the signal was sent, so now is when it was sent.
-            let handover_us =
-                handover_from.map(|t| (t.elapsed().as_secs_f64() * 1e9).round() / 1e3);
+            // The hand-over latency: READY=1 received → old generation told to stop.
+            let sent = sent.unwrap_or_else(Instant::now);
+            let handover_us = handover_from
+                .map(|t| (sent.saturating_duration_since(t).as_secs_f64() * 1e9).round() / 1e3);
             info!(
                 event = "stopping",
                 gen,
@@ -891,7 +896,7 @@ mod tests {
     fn no_report_repeats_a_value_in_its_text_message() {
         use handoff_core::signal::Signal;
         use handoff_core::supervisor::{ExitStatus, ReloadOutcome, StartReason};
-        use std::time::{Duration, Instant};
+        use std::time::Duration;
         let d = Duration::from_millis(1234);
         let st = ExitStatus::Exited(3);
         let reports = [
