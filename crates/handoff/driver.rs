@@ -623,7 +623,7 @@ impl Driver {
                     (Report::Stopping { gen, .. }, Some((g, at))) if *gen == g => Some(at),
                     _ => None,
                 };
-                logging::report_sent(&r, sent);
+                logging::report(&r, sent);
             }
             Action::Exit(code) => self.exit = Some(code),
             Action::CheckUpgrade { binary } => self.want_check = Some(binary),

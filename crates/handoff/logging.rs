@@ -388,12 +388,8 @@ fn ms(d: std::time::Duration) -> f64 {
 /// Log a report of the state machine. Levels: ERROR when the service is degraded or a
 /// reload failed (nothing serves, a generation failed to start, a reload failed, a process
 /// that cannot be killed), WARN when something needed force or was refused, INFO otherwise.
-pub fn report(r: &Report) {
-    report_sent(r, None);
-}
-
-/// [`report`], with when the stop signal of a `Stopping` report went out (`None`: now).
-pub fn report_sent(r: &Report, sent: Option<Instant>) {
+/// `sent`: when the stop signal of a `Stopping` report went out (`None`: now).
+pub fn report(r: &Report, sent: Option<Instant>) {
     match r {
         Report::ReloadRequested { coalesced } => {
             if *coalesced {
@@ -887,7 +883,7 @@ mod tests {
             .with_writer(move || w.clone())
             .event_format(Lines(Style::default()))
             .finish();
-        tracing::subscriber::with_default(sub, || report(r));
+        tracing::subscriber::with_default(sub, || report(r, None));
         let bytes = buf.0.lock().map(|b| b.clone()).unwrap_or_default();
         String::from_utf8(bytes).unwrap_or_default()
     }
