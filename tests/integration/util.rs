@@ -513,22 +513,30 @@ pub fn matches(v: &Value, name: &str, fields: &[(&str, Value)]) -> bool {
 
 impl Drop for Handoff {
     fn drop(&mut self) {
+        // Freeze handoff first (if it is still ours to signal): its generations then stay
+        // alive, none is restarted, and each generation's process group can be killed while
+        // its leader still holds the group id. Killing handoff first let PR_SET_PDEATHSIG
+        // end a leader (`sh -c`) before its group was killed, and its grandchild lived on.
+        if self.child.is_some() {
+            // SAFETY: our own child, not yet waited for.
+            unsafe { libc::kill(self.pid as i32, libc::SIGSTOP) };
+        }
         let mut pids = self.spawned_pids();
         // Generations whose `spawned` line the test did not read (a closed log) too.
         pids.extend(children_of(self.pid));
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // The children get their stop signal from PR_SET_PDEATHSIG; make sure, by pid and group.
         for pid in pids {
             if alive(pid) {
-                // SAFETY: signalling processes this test started (through handoff).
+                // SAFETY: signalling processes this test started (through handoff), by group
+                // while the leader is alive, then by pid.
                 unsafe {
                     libc::kill(-(pid as i32), libc::SIGKILL);
                     libc::kill(pid as i32, libc::SIGKILL);
                 }
             }
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }
