@@ -283,6 +283,10 @@ ok "4 slow requests (8 s each) are in flight in generation $SERVING_GEN" [ "$(fi
 PIDS=$(cgroup_procs "$CG" | sort -n | paste -sd' ')
 info "processes in $CG: $PIDS"
 ok "the cgroup holds handoff and the child" eval 'grep -qw "$MAIN" <<<"$PIDS" && grep -qw "$SERVING_PID" <<<"$PIDS"'
+ok "handoff tracks generations by cgroup (the unit's --cgroups and Delegate=yes)" \
+  eval '/usr/bin/handoff status --json --control /run/app/handoff.sock | grep -q "\"tracking\":\"cgroup\""'
+ok "the serving child is in its generation's cgroup, below the unit's" \
+  eval 'grep -q "app.service/gen-$SERVING_GEN\$" /proc/$SERVING_PID/cgroup'
 T5=$(date +%s.%N)
 debug_on
 rm -f "$WORK/sampler.stop"
