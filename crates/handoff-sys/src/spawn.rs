@@ -47,7 +47,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use handoff_core::signal::Signal;
 
@@ -430,7 +430,7 @@ impl SpawnPlan {
 
 /// Whether clone3 is refused here (ENOSYS or EPERM once without a cgroup): then every later
 /// spawn forks without trying it again.
-static CLONE_REFUSED: AtomicU8 = AtomicU8::new(0);
+static CLONE_REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// Start the child described by `plan` in its own process group. Returns its pid once it has
 /// exec'd, or the exec error.
@@ -454,7 +454,7 @@ pub fn spawn_how(mut plan: SpawnPlan) -> io::Result<(u32, Method)> {
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
     }
     let res = match plan.method {
-        Method::Clone if CLONE_REFUSED.load(Ordering::Relaxed) == 0 => {
+        Method::Clone if !CLONE_REFUSED.load(Ordering::Relaxed) => {
             match clone_spawn(&mut plan) {
                 Cloned::Started(pid) => Ok((pid, Method::Clone)),
                 Cloned::Failed(e) => Err(e),
@@ -465,7 +465,7 @@ pub fn spawn_how(mut plan: SpawnPlan) -> io::Result<(u32, Method)> {
                     let no_into_cgroup = plan.cgroup_dir.is_some()
                         && matches!(errno, Some(libc::E2BIG | libc::EINVAL));
                     if unavailable && plan.cgroup_dir.is_none() {
-                        CLONE_REFUSED.store(1, Ordering::Relaxed);
+                        CLONE_REFUSED.store(true, Ordering::Relaxed);
                     }
                     if unavailable || no_into_cgroup {
                         fork_spawn(&mut plan).map(|pid| (pid, Method::Fork))
