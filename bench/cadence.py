@@ -49,6 +49,8 @@ import time
 from array import array
 from collections import Counter
 
+from benchlib import fails, interrupted, loadavg, log, machine_busy, yes
+
 PHASES = ("baseline", "reloads", "direct", "naive")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQ = b"GET / HTTP/1.1\r\nHost: cadence\r\nConnection: close\r\n\r\n"
@@ -56,10 +58,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 SLOW_CONNECT_S = 1.0  # a connect this slow waited for a SYN retransmission (initial RTO 1 s)
 DRAIN_RE = re.compile(r"drained in (\d+) ms: (\d+) answered with Connection: close, "
                       r"(\d+) closed idle, (\d+) still open; (\d+) I/O errors")
-
-
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def pct(s, p):
@@ -818,22 +816,6 @@ def nearest_events(openloop, events):
 
 
 # ------------------------------------------------------------------ report
-def machine_busy(seconds):
-    def sample():
-        with open("/proc/stat") as f:
-            v = list(map(int, f.readline().split()[1:]))
-        return sum(v), v[3] + v[4]
-    t0, i0 = sample()
-    time.sleep(seconds)
-    t1, i1 = sample()
-    return 100 * (1 - (i1 - i0) / max(1, t1 - t0))
-
-
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
 def sysinfo(args):
     def run(cmd):
         try:
@@ -857,16 +839,8 @@ def sysinfo(args):
             "handoff": run([args.handoff, "--version"])}
 
 
-def yes(ok):
-    return "**met**" if ok else "**MISSED**"
-
-
 def ms(v, nd=1):
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
-
-
-def fails(c):
-    return ", ".join(f"{k} {v}" for k, v in sorted(c.items()) if v) or "none"
 
 
 def report(args, res, info):
@@ -1067,10 +1041,6 @@ def report(args, res, info):
                f"{p['closed']['stderr_tail']})" if p["closed"]["exit"] else ""))
     add("")
     return "\n".join(L)
-
-
-def interrupted(signum, frame):
-    raise KeyboardInterrupt
 
 
 def main():

@@ -39,14 +39,12 @@ import time
 import urllib.request
 from collections import Counter
 
+from benchlib import interrupted, loadavg, log, yes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ROLLUP = ("Rss", "Pss", "Pss_Anon", "Pss_File", "Private_Clean", "Private_Dirty",
           "Shared_Clean")
-
-
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def clean_env(extra=None):
@@ -444,10 +442,6 @@ def mib(kb, nd=2):
         else f"{kb / 1024:.{nd}f}"
 
 
-def yes(ok):
-    return "**met**" if ok else "**MISSED**"
-
-
 def report(args, res, info):
     L = []
     add = L.append
@@ -576,15 +570,6 @@ def report(args, res, info):
                 f"{', '.join(f'{k} ×{v}' for k, v in sorted(ft['threads'].items()))}")
         add("")
     return "\n".join(L)
-
-
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
-def interrupted(signum, frame):
-    raise KeyboardInterrupt
 
 
 def main():

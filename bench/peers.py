@@ -47,6 +47,8 @@ import time
 from array import array
 from collections import Counter
 
+from benchlib import fails, loadavg, log, machine_busy, proc_status, yes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQ_CLOSE = b"GET / HTTP/1.1\r\nHost: peers\r\nConnection: close\r\n\r\n"
 # Abortive close once the response is read: no TIME_WAIT, so thousands of connections per
@@ -58,10 +60,6 @@ SLOW_DELAY_MS = 2500  # the slow-child section
 TOOLS = ("handoff", "starter", "einhorn", "systemd", "naive", "direct")
 NAMES = {"handoff": "handoff", "starter": "Server::Starter", "einhorn": "einhorn",
          "systemd": "systemd restart", "naive": "naive restart", "direct": "no wrapper"}
-
-
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def pct(values, p):
@@ -415,14 +413,6 @@ def probe_pid(port, want, timeout):
             errors += 1
         time.sleep(0.002)
     raise TimeoutError(f"pid {want} did not answer on port {port} within {timeout} s")
-
-
-def proc_status(pid, key):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])  # kB
-    return None
 
 
 def proc_cpu(pid):
@@ -1088,22 +1078,6 @@ def slow_phase(tool, procs, args):
 
 
 # ------------------------------------------------------------------ report
-def machine_busy(seconds):
-    def sample():
-        with open("/proc/stat") as f:
-            v = list(map(int, f.readline().split()[1:]))
-        return sum(v), v[3] + v[4]
-    t0, i0 = sample()
-    time.sleep(seconds)
-    t1, i1 = sample()
-    return 100 * (1 - (i1 - i0) / max(1, t1 - t0))
-
-
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
 def sysinfo(args):
     def run(cmd, env=None):
         try:
@@ -1150,16 +1124,8 @@ def proc_meminfo_mib():
     return 0
 
 
-def yes(ok):
-    return "**met**" if ok else "**MISSED**"
-
-
 def f1(v, unit=" ms", nd=1):
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}{unit}"
-
-
-def fails(c):
-    return ", ".join(f"{k} {v}" for k, v in sorted(c.items()) if v) or "none"
 
 
 def p5099(values, nd=1):

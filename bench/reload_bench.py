@@ -25,6 +25,8 @@ import threading
 import time
 from collections import Counter
 
+from benchlib import loadavg, log, proc_status, yes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQ_KA = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 REQ_CLOSE = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
@@ -36,10 +38,6 @@ CHILD_EXTRA = []  # --child-args
 # The summary line http-server prints when it has drained.
 DRAIN_RE = re.compile(r"drained in (\d+) ms: (\d+) answered with Connection: close, "
                       r"(\d+) closed idle, (\d+) still open; (\d+) I/O errors")
-
-
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def pct(values, p):
@@ -253,14 +251,6 @@ def sched_delta(a, b):
     d = [y - x for x, y in zip(a, b)]
     return {"wait_ms": d[1] / 1e6, "slices": d[2], "avg_wait_us": d[1] / 1e3 / max(1, d[2]),
             "involuntary": d[3]}
-
-
-def proc_status(pid, key):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])  # kB
-    return None
 
 
 # --------------------------------------------------------------------------- HTTP clients
@@ -718,11 +708,6 @@ def machine_busy(seconds=1.0):
     return 100 * (1 - (i1 - i0) / max(1, t1 - t0))
 
 
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
 # --------------------------------------------------------------------------- report
 def sysinfo():
     cpu = "?"
@@ -746,10 +731,6 @@ def sysinfo():
     return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "kernel": platform.release(), "nproc": os.cpu_count(), "cpu": cpu,
             "commit": commit, "python": platform.python_version(), "wrk": wrk}
-
-
-def yes(ok):
-    return "**met**" if ok else "**MISSED**"
 
 
 def report(args, res, info):
